@@ -1,0 +1,379 @@
+"""The HDF5 feature cache: the only code in feat that reads or writes HDF5.
+
+Layout of a cache folder (schema 1, readable with plain h5py):
+
+    items.h5                 the table, once: /id, /split, /columns/<name> (strings), attrs source, columns
+    features/<name>.h5       one feature set, rows aligned with items.h5:
+        /ids                 (n,) str    item ids, same order as items.h5
+        /content_hash        (n,) str    hash of the row's input (text, image bytes, fitted state)
+        /valid               (n,) bool   False where the input could not be encoded
+        /reason              (n,) str    why a row is invalid or was zero-filled; "" otherwise
+        /X                   (n, dim) float32 (float16 on request), or for sparse rows a group
+                             /X/data, /X/indices, /X/indptr (CSR) with attr shape
+        /state/<key>         arrays an encoder needs to encode new rows alike (TF-IDF vocabulary, idf, ...)
+        attrs: schema, name, encoder, fingerprint (JSON), fingerprint_id, dim, format, created, feat_version
+    features/<name>.parts/   committed batches of an unfinished extraction (same datasets, a subset of rows)
+    bad_rows.csv             every invalid or zero-filled row of every feature set, with its reason
+    .lock                    held by the process that writes
+
+Crash safety: every file is written under a temporary name, fsynced and renamed into place, so a reader or
+a resumed run sees either the old or the new file, never half of one. An extraction commits batches as part
+files as it goes and merges them into `<name>.h5` at the end; a killed run leaves committed parts that the
+next run reuses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import h5py
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+from filelock import FileLock, Timeout
+
+from feat import __version__
+from feat.errors import FeatError, InputError
+
+SCHEMA = 1
+ITEMS_FILE = "items.h5"
+FEATURES_DIR = "features"
+BAD_ROWS_FILE = "bad_rows.csv"
+LOCK_FILE = ".lock"
+STR = h5py.string_dtype()
+
+
+def fingerprint_id(fingerprint: dict) -> str:
+    """A short stable digest of a fingerprint dict (key order does not matter)."""
+    return hashlib.sha256(json.dumps(fingerprint, sort_keys=True).encode()).hexdigest()[:16]
+
+
+@dataclass
+class FeatureRows:
+    """Rows of one feature set: a full aligned matrix or a committed subset."""
+
+    ids: np.ndarray  # (n,) object array of str
+    content_hash: np.ndarray  # (n,) object array of str
+    valid: np.ndarray  # (n,) bool
+    reason: np.ndarray  # (n,) object array of str
+    matrix: np.ndarray | sp.csr_matrix  # (n, dim)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    @property
+    def dim(self) -> int:
+        return self.matrix.shape[1]
+
+    def take(self, index: np.ndarray) -> "FeatureRows":
+        return FeatureRows(self.ids[index], self.content_hash[index], self.valid[index], self.reason[index],
+                           self.matrix[index])
+
+    @staticmethod
+    def concat(blocks: list["FeatureRows"]) -> "FeatureRows":
+        sparse = any(sp.issparse(b.matrix) for b in blocks)
+        stack = (lambda ms: sp.vstack(ms, format="csr")) if sparse else np.concatenate
+        return FeatureRows(
+            np.concatenate([b.ids for b in blocks]), np.concatenate([b.content_hash for b in blocks]),
+            np.concatenate([b.valid for b in blocks]), np.concatenate([b.reason for b in blocks]),
+            stack([b.matrix for b in blocks]),
+        )
+
+
+@dataclass
+class FeatureSet:
+    """A complete feature set as stored in features/<name>.h5."""
+
+    name: str
+    rows: FeatureRows
+    fingerprint: dict
+    attrs: dict
+    state: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+class FeatureCache:
+    """A cache folder. Writers hold `lock()`; readers need no lock because files are replaced atomically."""
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+
+    # ----- locking -----------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def lock(self, timeout: float = 0) -> Iterator[None]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(self.root / LOCK_FILE))
+        try:
+            lock.acquire(timeout=timeout)
+        except Timeout:
+            raise FeatError(f"cache {self.root} is in use by another feat process (lock {self.root / LOCK_FILE}); "
+                            "wait for it to finish or use another --cache") from None
+        try:
+            yield
+        finally:
+            lock.release()
+
+    # ----- items -------------------------------------------------------------------------------------
+    @property
+    def items_path(self) -> Path:
+        return self.root / ITEMS_FILE
+
+    def write_items(self, frame: pd.DataFrame, attrs: dict) -> bool:
+        """Store the table; returns False (and writes nothing) when the stored table is identical."""
+        digest = _frame_digest(frame)
+        if self.items_path.exists():
+            with h5py.File(self.items_path, "r") as f:
+                if f.attrs.get("table_digest") == digest:
+                    return False
+        with _atomic_h5(self.items_path) as f:
+            _write_str(f, "id", frame["id"])
+            _write_str(f, "split", frame["split"])
+            group = f.create_group("columns")
+            for name in frame.columns:
+                if name not in ("id", "split"):
+                    _write_str(group, name, frame[name])
+            f.attrs.update({"schema": SCHEMA, "table_digest": digest, "created": _now(),
+                            "feat_version": __version__, "column_order": json.dumps(list(frame.columns))})
+            for key, value in attrs.items():
+                f.attrs[key] = value if isinstance(value, (str, int, float)) else json.dumps(value)
+        return True
+
+    def read_items(self) -> pd.DataFrame:
+        if not self.items_path.exists():
+            raise InputError(f"{self.root} is not a feat cache (no {ITEMS_FILE}); run `feat extract` first")
+        with h5py.File(self.items_path, "r") as f:
+            order = json.loads(f.attrs["column_order"])
+            data = {"id": _read_str(f["id"]), "split": _read_str(f["split"])}
+            for name in order:
+                if name not in data:
+                    data[name] = _read_str(f["columns"][name])
+        return pd.DataFrame(data)[order]
+
+    def items_attrs(self) -> dict:
+        with h5py.File(self.items_path, "r") as f:
+            return dict(f.attrs)
+
+    # ----- complete feature sets ---------------------------------------------------------------------
+    def feature_path(self, name: str) -> Path:
+        return self.root / FEATURES_DIR / f"{name}.h5"
+
+    def parts_dir(self, name: str) -> Path:
+        return self.root / FEATURES_DIR / f"{name}.parts"
+
+    def feature_names(self) -> list[str]:
+        folder = self.root / FEATURES_DIR
+        return sorted(p.stem for p in folder.glob("*.h5")) if folder.exists() else []
+
+    def fingerprint(self, name: str) -> dict | None:
+        """The stored fingerprint of a feature set (complete file first, else any committed part)."""
+        for path in [self.feature_path(name), *self._part_files(name)]:
+            if path.exists():
+                with h5py.File(path, "r") as f:
+                    return json.loads(f.attrs["fingerprint"])
+        return None
+
+    def read(self, name: str, rows: bool = True) -> FeatureSet:
+        path = self.feature_path(name)
+        if not path.exists():
+            known = ", ".join(self.feature_names()) or "none"
+            raise InputError(f"feature set '{name}' is not in cache {self.root} (it has: {known})")
+        with h5py.File(path, "r") as f:
+            attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
+            state = {k: _read_any(v) for k, v in f["state"].items()} if "state" in f else {}
+            block = _read_rows(f) if rows else None
+        return FeatureSet(name, block, json.loads(attrs["fingerprint"]), attrs, state)
+
+    def is_complete(self, name: str, ids: list[str]) -> bool:
+        """True when features/<name>.h5 holds exactly `ids` in this order and no parts wait to be merged."""
+        path = self.feature_path(name)
+        if not path.exists() or self._part_files(name):
+            return False
+        with h5py.File(path, "r") as f:
+            stored = _read_str(f["ids"])
+        return len(stored) == len(ids) and bool(np.all(stored == np.asarray(ids, dtype=object)))
+
+    def delete(self, name: str) -> None:
+        for part in self._part_files(name):
+            part.unlink()
+        self.feature_path(name).unlink(missing_ok=True)
+
+    def size_on_disk(self, name: str) -> int:
+        path = self.feature_path(name)
+        return path.stat().st_size if path.exists() else 0
+
+    # ----- incremental writes ------------------------------------------------------------------------
+    def _part_files(self, name: str) -> list[Path]:
+        folder = self.parts_dir(name)
+        return sorted(folder.glob("part-*.h5")) if folder.exists() else []
+
+    def commit_part(self, name: str, rows: FeatureRows, fingerprint: dict) -> Path:
+        """Durably store a batch of finished rows; a later run (or `finalize`) picks them up."""
+        folder = self.parts_dir(name)
+        folder.mkdir(parents=True, exist_ok=True)
+        existing = self._part_files(name)
+        index = int(existing[-1].stem.split("-")[1]) + 1 if existing else 0
+        path = folder / f"part-{index:06d}.h5"
+        with _atomic_h5(path) as f:
+            _write_rows(f, rows)
+            f.attrs["fingerprint"] = json.dumps(fingerprint, sort_keys=True)
+        return path
+
+    def committed(self, name: str, fingerprint: dict) -> FeatureRows | None:
+        """All rows stored for `name` under `fingerprint`: the complete file, then newer parts over it."""
+        blocks = []
+        for path in [self.feature_path(name), *self._part_files(name)]:
+            if not path.exists():
+                continue
+            with h5py.File(path, "r") as f:
+                if json.loads(f.attrs["fingerprint"]) != fingerprint:
+                    continue
+                blocks.append(_read_rows(f))
+        if not blocks:
+            return None
+        rows = FeatureRows.concat(blocks)
+        # Keep the last occurrence of each id: parts are newer than the complete file.
+        _, last = np.unique(rows.ids[::-1], return_index=True)
+        return rows.take(np.sort(len(rows) - 1 - last))
+
+    def finalize(self, name: str, ids: list[str], fingerprint: dict, state: dict[str, np.ndarray],
+                 encoder: str) -> FeatureSet:
+        """Merge everything committed into features/<name>.h5 in the order of `ids`, then drop the parts."""
+        rows = self.committed(name, fingerprint)
+        if rows is None:
+            raise FeatError(f"nothing committed for feature set '{name}'")
+        position = {item: i for i, item in enumerate(rows.ids)}
+        missing = [item for item in ids if item not in position]
+        if missing:
+            raise FeatError(f"feature set '{name}': {len(missing)} row(s) were never encoded, e.g. {missing[:3]}")
+        aligned = rows.take(np.array([position[item] for item in ids], dtype=np.int64))
+        attrs = {"schema": SCHEMA, "name": name, "encoder": encoder,
+                 "fingerprint": json.dumps(fingerprint, sort_keys=True),
+                 "fingerprint_id": fingerprint_id(fingerprint), "dim": aligned.dim,
+                 "format": "csr" if sp.issparse(aligned.matrix) else "dense",
+                 "dtype": str(aligned.matrix.dtype), "n_rows": len(aligned), "n_valid": int(aligned.valid.sum()),
+                 "created": _now(), "feat_version": __version__}
+        with _atomic_h5(self.feature_path(name)) as f:
+            _write_rows(f, aligned)
+            if state:
+                group = f.create_group("state")
+                for key, value in state.items():
+                    _write_any(group, key, value)
+            f.attrs.update(attrs)
+        for part in self._part_files(name):
+            part.unlink()
+        with contextlib.suppress(OSError):
+            self.parts_dir(name).rmdir()
+        return FeatureSet(name, aligned, fingerprint, attrs, state)
+
+    # ----- bad rows ----------------------------------------------------------------------------------
+    def write_bad_rows(self) -> pd.DataFrame:
+        """Rewrite bad_rows.csv from the stored reasons of every feature set."""
+        frames = []
+        for name in self.feature_names():
+            rows = self.read(name).rows
+            flagged = rows.reason != ""
+            frames.append(pd.DataFrame({"feature": name, "id": rows.ids[flagged], "valid": rows.valid[flagged],
+                                        "reason": rows.reason[flagged]}))
+        table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+            columns=["feature", "id", "valid", "reason"])
+        tmp = self.root / f".{BAD_ROWS_FILE}.tmp"
+        table.to_csv(tmp, index=False)
+        os.replace(tmp, self.root / BAD_ROWS_FILE)
+        return table
+
+
+# ----- helpers (private to the cache module) ---------------------------------------------------------
+@contextlib.contextmanager
+def _atomic_h5(path: Path) -> Iterator[h5py.File]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with h5py.File(tmp, "w", track_order=True) as f:
+            yield f
+        with open(tmp, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise FeatError(f"could not write {path}: {exc.strerror or exc}") from exc
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _write_str(group: h5py.Group, key: str, values) -> None:
+    group.create_dataset(key, data=np.asarray(list(values), dtype=object), dtype=STR, track_times=False)
+
+
+def _read_str(dataset: h5py.Dataset) -> np.ndarray:
+    return dataset.asstr()[:].astype(object) if len(dataset) else np.array([], dtype=object)
+
+
+def _write_any(group: h5py.Group, key: str, value: np.ndarray) -> None:
+    value = np.asarray(value)
+    if value.dtype.kind in "OU":
+        _write_str(group, key, value)
+    else:
+        group.create_dataset(key, data=value, track_times=False)
+
+
+def _read_any(dataset: h5py.Dataset) -> np.ndarray:
+    return _read_str(dataset) if h5py.check_string_dtype(dataset.dtype) else dataset[()]
+
+
+def _write_rows(f: h5py.File, rows: FeatureRows) -> None:
+    _write_str(f, "ids", rows.ids)
+    _write_str(f, "content_hash", rows.content_hash)
+    f.create_dataset("valid", data=np.asarray(rows.valid, dtype=bool), track_times=False)
+    _write_str(f, "reason", rows.reason)
+    if sp.issparse(rows.matrix):
+        csr = sp.csr_matrix(rows.matrix)
+        group = f.create_group("X")
+        group.attrs["shape"] = csr.shape
+        for key in ("data", "indices", "indptr"):
+            group.create_dataset(key, data=getattr(csr, key), track_times=False)
+    else:
+        matrix = np.ascontiguousarray(rows.matrix)
+        # ~1 MiB chunks: whole-matrix reads stay fast and a few rows do not pull the full file.
+        rows_per_chunk = max(1, (1 << 20) // max(1, matrix.shape[1] * matrix.itemsize))
+        chunks = (min(len(matrix), rows_per_chunk), matrix.shape[1]) if len(matrix) and matrix.shape[1] else None
+        f.create_dataset("X", data=matrix, chunks=chunks, track_times=False)
+
+
+def _read_rows(f: h5py.File) -> FeatureRows:
+    node = f["X"]
+    if isinstance(node, h5py.Group):
+        matrix = sp.csr_matrix((node["data"][:], node["indices"][:], node["indptr"][:]),
+                               shape=tuple(node.attrs["shape"]))
+    else:
+        matrix = node[()]
+    return FeatureRows(_read_str(f["ids"]), _read_str(f["content_hash"]), f["valid"][()].astype(bool),
+                       _read_str(f["reason"]), matrix)
+
+
+def _frame_digest(frame: pd.DataFrame) -> str:
+    digest = hashlib.sha256(json.dumps(list(frame.columns)).encode())
+    for name in frame.columns:
+        digest.update("\x1e".join(frame[name].astype(str)).encode("utf-8", "surrogatepass"))
+        digest.update(b"\x1d")
+    return digest.hexdigest()
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")

@@ -1,0 +1,210 @@
+"""The data contract: read a table (or a folder of per-split tables) into one validated frame.
+
+Every command reads its input through `load_table`, so the column options, split names, id rules and
+image-path rules are the same everywhere. Input errors raise `InputError` (exit code 2) before anything is
+written.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+
+from feat.errors import InputError
+
+SPLITS = ("train", "dev", "test")
+# Names seen in the wild for the three splits; anything else is refused rather than guessed.
+SPLIT_ALIASES = {
+    "train": "train", "training": "train",
+    "dev": "dev", "val": "dev", "valid": "dev", "validation": "dev",
+    "test": "test", "testing": "test",
+}
+TABLE_SUFFIXES = (".csv", ".tsv", ".parquet")
+
+
+@dataclass(frozen=True)
+class Columns:
+    """Which input columns hold what (the `--*-col` options)."""
+
+    id: str = "id"
+    text: str = "text"
+    image: str = "image"
+    split: str = "split"
+
+
+@dataclass
+class Table:
+    """A validated dataset: one row per item, ids unique, splits canonical.
+
+    `frame` has the columns `id`, `split`, `text` (if the input has text), `image` (the raw path as written),
+    `image_path` (resolved absolute path, "" when refused or empty), `image_error` (why a path was refused),
+    and every other input column unchanged (labels and metadata, as strings).
+    """
+
+    frame: pd.DataFrame
+    source: Path
+    image_root: Path
+    columns: Columns
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def has_text(self) -> bool:
+        return "text" in self.frame
+
+    @property
+    def has_image(self) -> bool:
+        return "image" in self.frame
+
+    @property
+    def ids(self) -> list[str]:
+        return self.frame["id"].tolist()
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+    def extra_columns(self) -> list[str]:
+        core = {"id", "split", "text", "image", "image_path", "image_error"}
+        return [c for c in self.frame.columns if c not in core]
+
+
+def load_table(
+    path: str | os.PathLike,
+    columns: Columns = Columns(),
+    image_root: str | os.PathLike | None = None,
+    allow_outside_root: bool = False,
+) -> Table:
+    """Read `path` (a CSV/TSV/Parquet file with a split column, or a folder of per-split files)."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"data not found: {path}")
+    notes: list[str] = []
+    if path.is_dir():
+        raw = _read_split_folder(path, columns, notes)
+        base = path
+    else:
+        raw = _read_one(path, notes)
+        base = path.parent
+    if raw.empty:
+        raise InputError(f"{path}: the table has no rows")
+    frame = _canonical_frame(raw, columns, path, notes)
+    root = Path(image_root) if image_root is not None else base
+    if "image" in frame:
+        _resolve_images(frame, root, allow_outside_root)
+    return Table(frame=frame, source=path.resolve(), image_root=root.resolve(), columns=columns, notes=notes)
+
+
+def _read_one(path: Path, notes: list[str]) -> pd.DataFrame:
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        try:
+            frame = pd.read_parquet(path)
+        except ImportError as exc:  # pyarrow is an extra
+            raise InputError(f"{path}: reading Parquet needs pyarrow (pip install 'feat[parquet]')") from exc
+        return frame.astype(str).where(frame.notna(), "")
+    sep = "\t" if suffix == ".tsv" else ","
+    # dtype=str and no NA parsing: ids stay strings and a text "NA" stays a text.
+    read = dict(sep=sep, dtype=str, keep_default_na=False, na_values=[])
+    try:
+        return pd.read_csv(path, encoding="utf-8-sig", **read)
+    except UnicodeDecodeError:
+        notes.append(f"{path.name} is not valid UTF-8; read as cp1252 (Windows Latin-1)")
+        return pd.read_csv(path, encoding="cp1252", encoding_errors="replace", **read)
+    except pd.errors.EmptyDataError as exc:
+        raise InputError(f"{path}: the file is empty") from exc
+    except pd.errors.ParserError as exc:
+        raise InputError(f"{path}: not a readable table ({str(exc).splitlines()[0]})") from exc
+
+
+def _read_split_folder(folder: Path, columns: Columns, notes: list[str]) -> pd.DataFrame:
+    """A folder with train*.csv, dev*.csv (or val*.csv) and test*.csv, as in the reference notebook."""
+    parts = []
+    for file in sorted(folder.iterdir()):
+        if file.suffix.lower() not in TABLE_SUFFIXES:
+            continue
+        prefix = next((a for a in sorted(SPLIT_ALIASES, key=len, reverse=True) if file.stem.lower().startswith(a)), None)
+        if prefix is None:
+            continue
+        part = _read_one(file, notes)
+        part[columns.split] = SPLIT_ALIASES[prefix]
+        parts.append(part)
+        notes.append(f"{file.name} -> split {SPLIT_ALIASES[prefix]} ({len(part)} rows)")
+    if not parts:
+        raise InputError(f"{folder}: no train*/dev*/val*/test* table (.csv, .tsv, .parquet) in this folder")
+    return pd.concat(parts, ignore_index=True).fillna("")
+
+
+def _canonical_frame(raw: pd.DataFrame, columns: Columns, path: Path, notes: list[str]) -> pd.DataFrame:
+    raw.columns = [str(c).strip() for c in raw.columns]
+    if columns.split not in raw:
+        raise InputError(f"{path}: missing split column '{columns.split}' (columns: {', '.join(raw.columns)}; "
+                         "use --split-col)")
+    if columns.text not in raw and columns.image not in raw:
+        raise InputError(f"{path}: neither a text column '{columns.text}' nor an image column '{columns.image}' "
+                         f"(columns: {', '.join(raw.columns)}; use --text-col / --image-col)")
+    frame = pd.DataFrame(index=raw.index)
+    if columns.id in raw:
+        frame["id"] = raw[columns.id].astype(str).str.strip()
+    else:
+        frame["id"] = _derive_ids(raw, columns)
+        notes.append(f"no id column '{columns.id}': ids derived as sha1(text, image)[:16], "
+                     "'#k' appended to the k-th repeat of an identical row")
+    if (frame["id"] == "").any():
+        rows = (frame.index[frame["id"] == ""] + 2).tolist()[:5]
+        raise InputError(f"{path}: empty id in column '{columns.id}' (file lines {rows})")
+    dup = frame["id"][frame["id"].duplicated()].unique()
+    if len(dup):
+        raise InputError(f"{path}: {len(dup)} duplicate id(s) in column '{columns.id}': {', '.join(map(str, dup[:5]))}")
+    split = raw[columns.split].astype(str).str.strip().str.lower()
+    unknown = sorted(set(split) - set(SPLIT_ALIASES))
+    if unknown:
+        raise InputError(f"{path}: unknown split value(s) {unknown} in column '{columns.split}' "
+                         f"(expected one of {', '.join(SPLITS)}, or val/validation)")
+    frame["split"] = split.map(SPLIT_ALIASES)
+    if columns.text in raw:
+        frame["text"] = raw[columns.text].astype(str)
+    if columns.image in raw:
+        frame["image"] = raw[columns.image].astype(str).str.strip()
+    used = {columns.id, columns.split, columns.text, columns.image}
+    for name in raw.columns:
+        if name not in used and name not in frame:
+            frame[name] = raw[name].astype(str)
+    return frame.reset_index(drop=True)
+
+
+def _derive_ids(raw: pd.DataFrame, columns: Columns) -> list[str]:
+    """Content-derived ids survive reordering and appending rows, unlike row numbers."""
+    texts = raw[columns.text].astype(str) if columns.text in raw else [""] * len(raw)
+    images = raw[columns.image].astype(str) if columns.image in raw else [""] * len(raw)
+    seen: dict[str, int] = {}
+    ids = []
+    for text, image in zip(texts, images):
+        key = hashlib.sha1(f"{text}\x1f{image}".encode()).hexdigest()[:16]
+        seen[key] = seen.get(key, 0) + 1
+        ids.append(key if seen[key] == 1 else f"{key}#{seen[key]}")
+    return ids
+
+
+def _resolve_images(frame: pd.DataFrame, root: Path, allow_outside_root: bool) -> None:
+    real_root = root.resolve()
+    paths, errors = [], []
+    for value in frame["image"]:
+        path, error = resolve_image_path(value, real_root, allow_outside_root)
+        paths.append(path)
+        errors.append(error)
+    frame["image_path"] = paths
+    frame["image_error"] = errors
+
+
+def resolve_image_path(value: str, real_root: Path, allow_outside_root: bool) -> tuple[str, str]:
+    """Return (absolute path, "") or ("", reason). Symlinks are followed before the root check."""
+    if not value or value.lower() == "nan":
+        return "", "no image path"
+    candidate = Path(value)
+    resolved = (candidate if candidate.is_absolute() else real_root / candidate).resolve()
+    if not allow_outside_root and not resolved.is_relative_to(real_root):
+        return "", f"path outside image root {real_root} (use --allow-outside-root to permit)"
+    return str(resolved), ""

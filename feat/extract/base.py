@@ -1,0 +1,150 @@
+"""The encoder interface: what every encoder under feat/extract/ implements.
+
+Three kinds, chosen by how the runner must feed them:
+- `TextEncoder`: texts in, one vector per text; the runner sorts by token length and pads per batch.
+- `ImageEncoder`: PIL images in; `transform()` runs in DataLoader workers, `encode_pixels` on the device.
+- `FittedEncoder`: fitted on the train split (TF-IDF); its fitted state is stored with the features.
+
+An encoder never loads weights in `__init__`: `fingerprint()` must be cheap so that a warm cache is
+recognised without loading a model. `load()` loads weights and must refuse missing keys.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, fields
+from typing import Callable, ClassVar
+
+import numpy as np
+
+from feat import __version__
+from feat.errors import InputError
+
+
+@dataclass(frozen=True)
+class EncoderOptions:
+    """Options of `feat extract` that shape the vectors; each encoder declares which it honours."""
+
+    model: str | None = None  # checkpoint id or local folder; None = the encoder's default
+    pooling: str | None = None  # how token states become one vector: cls | mean | pooler
+    max_length: int | None = None  # text truncation in tokens
+    svd_dim: int | None = None  # TF-IDF only: dense TruncatedSVD view of this size instead of sparse rows
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """Where and how the forward pass runs (never part of the fingerprint, except the compute dtype)."""
+
+    device: str = "cpu"
+    dtype: str = "float32"  # compute dtype: float32 | bfloat16 | float16
+
+
+class Encoder(ABC):
+    name: ClassVar[str]
+    modality: ClassVar[str]  # "text" | "image"
+    default_model: ClassVar[str | None] = None
+    accepts: ClassVar[frozenset[str]] = frozenset()  # EncoderOptions fields besides `model` it honours
+    pooling_choices: ClassVar[tuple[str, ...]] = ()
+    default_pooling: ClassVar[str | None] = None
+    default_max_length: ClassVar[int | None] = None
+
+    def __init__(self, options: EncoderOptions = EncoderOptions()):
+        given = {f.name for f in fields(options) if getattr(options, f.name) is not None} - {"model"}
+        refused = sorted(given - self.accepts)
+        if refused:
+            raise InputError(f"encoder '{self.name}' does not take --{refused[0].replace('_', '-')}")
+        if options.model is not None and self.default_model is None:
+            raise InputError(f"encoder '{self.name}' does not take --model")
+        self.options = options
+        self.model_id = options.model or self.default_model
+        self.model_label = self.model_id  # what the fingerprint records; packaged models use a portable name
+        self.pooling = options.pooling or self.default_pooling
+        if self.pooling_choices and self.pooling not in self.pooling_choices:
+            raise InputError(f"encoder '{self.name}': --pooling must be one of {', '.join(self.pooling_choices)}")
+        self.max_length = options.max_length or self.default_max_length
+        self.runtime = Runtime()
+
+    @abstractmethod
+    def preprocessing(self) -> dict:
+        """Everything besides weights that changes the vectors (sizes, normalisation, pooling, lengths)."""
+
+    def weights_identity(self) -> str:
+        """A string that changes whenever the weights change; cheap (no model load)."""
+        from feat.extract.weights import weights_identity
+
+        return weights_identity(self.model_id)
+
+    def fingerprint(self, runtime: Runtime, store_dtype: str) -> dict:
+        """JSON-normalised (tuples become lists) so that it compares equal to the stored copy."""
+        return json.loads(json.dumps({"encoder": self.name, "model": self.model_label, "weights": self.weights_identity(),
+                "preprocessing": self.preprocessing(), "compute_dtype": runtime.dtype,
+                "store_dtype": store_dtype, "feat_version": __version__}, sort_keys=True))
+
+    @abstractmethod
+    def load(self, runtime: Runtime) -> None:
+        """Load weights on `runtime.device`; raise FeatError if any weight would be random."""
+
+    def row_hash(self, text: str | None, image_digest: str | None) -> str:
+        """The per-row content hash: a row is re-encoded when this changes."""
+        source = text if self.modality == "text" else image_digest
+        return hashlib.sha256((source or "").encode("utf-8", "surrogatepass")).hexdigest()
+
+
+class TextEncoder(Encoder):
+    modality = "text"
+
+    @abstractmethod
+    def token_lengths(self, texts: list[str]) -> list[int]:
+        """Token counts (after truncation), used to sort texts into batches of similar length."""
+
+    @abstractmethod
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
+        """(len(texts), dim) float32, padded to the longest text of this batch only."""
+
+
+class ImageEncoder(Encoder):
+    modality = "image"
+
+    @abstractmethod
+    def transform(self) -> Callable:
+        """A picklable function PIL.Image (RGB) -> float tensor (C, H, W); runs in DataLoader workers."""
+
+    @abstractmethod
+    def encode_pixels(self, pixels) -> np.ndarray:
+        """A (B, C, H, W) float tensor on the device -> (B, dim) float32 array."""
+
+
+class FittedEncoder(Encoder):
+    """An encoder whose parameters come from the train split; the fit is part of every row's hash."""
+
+    modality = "text"
+    fit_digest: str = ""  # set by `fit_key`; mixed into every row hash so a new train split re-encodes all
+
+    def weights_identity(self) -> str:
+        return "fitted-on-train"
+
+    def row_hash(self, text: str | None, image_digest: str | None) -> str:
+        return hashlib.sha256(f"{self.fit_digest}\x1f{text or ''}".encode("utf-8", "surrogatepass")).hexdigest()
+
+    def load(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    @abstractmethod
+    def fit_key(self, train_texts: list[str]) -> str:
+        """A digest of what the fit would see; cheap, so that a warm cache needs no fit."""
+
+    @abstractmethod
+    def fit(self, train_texts: list[str]) -> None: ...
+
+    @abstractmethod
+    def transform_texts(self, texts: list[str]):
+        """(len(texts), dim) float32 array or scipy CSR matrix."""
+
+    @abstractmethod
+    def state(self) -> dict[str, np.ndarray]:
+        """Arrays that let `load_state` rebuild the fitted encoder (stored in the cache, never pickled)."""
+
+    @abstractmethod
+    def load_state(self, state: dict[str, np.ndarray]) -> None: ...

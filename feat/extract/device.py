@@ -1,0 +1,48 @@
+"""Device and dtype selection, kept apart from torch calls elsewhere so it can be tested with CUDA mocked."""
+
+from __future__ import annotations
+
+from feat.errors import InputError
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+def select_device(spec: str = "auto") -> str:
+    """auto -> cuda:0 when a GPU is visible, else cpu. An explicit cuda request without a GPU is an error."""
+    import torch
+
+    spec = spec.strip().lower()
+    if spec == "auto":
+        return "cuda:0" if torch.cuda.is_available() else "cpu"
+    if spec == "cpu":
+        return "cpu"
+    if spec == "cuda" or spec.startswith("cuda:"):
+        if not torch.cuda.is_available():
+            raise InputError(f"--device {spec}: no CUDA device is visible on this machine")
+        index = int(spec.split(":")[1]) if ":" in spec else 0
+        if index >= torch.cuda.device_count():
+            raise InputError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) visible")
+        return f"cuda:{index}"
+    raise InputError(f"--device must be auto, cpu, cuda or cuda:N (got '{spec}')")
+
+
+def select_dtype(spec: str, device: str) -> str:
+    """auto -> bfloat16 on GPUs that support it, float16 on older GPUs, float32 on CPU (exact, and CPU
+    half precision is rarely faster)."""
+    import torch
+
+    if spec not in DTYPES:
+        raise InputError(f"--dtype must be one of {', '.join(DTYPES)} (got '{spec}')")
+    if spec != "auto":
+        if spec == "float16" and device == "cpu":
+            raise InputError("--dtype float16 is not supported on CPU; use bfloat16 or float32")
+        return spec
+    if device.startswith("cuda"):
+        return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
+    return "float32"
+
+
+def torch_dtype(name: str):
+    import torch
+
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[name]

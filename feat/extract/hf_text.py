@@ -1,0 +1,69 @@
+"""`hf-text`: any Hugging Face text encoder (BERT, RoBERTa, BETO, XLM-R, DeBERTa, ...) by id or folder."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from feat.extract.base import EncoderOptions, Runtime, TextEncoder
+from feat.extract.hf import from_pretrained_checked, load_tokenizer
+from feat.errors import InputError
+
+
+class HFTextEncoder(TextEncoder):
+    name = "hf-text"
+    default_model = "bert-base-uncased"
+    accepts = frozenset({"pooling", "max_length"})
+    pooling_choices = ("cls", "mean", "pooler")
+    default_pooling = "cls"
+    default_max_length = 128
+    normalize = False  # L2-normalise the pooled vector (sentence-transformers models do)
+
+    def __init__(self, options: EncoderOptions = EncoderOptions()):
+        super().__init__(options)
+        self.model = None
+        self.tokenizer = None
+
+    def preprocessing(self) -> dict:
+        return {"pooling": self.pooling, "max_length": self.max_length, "normalize": self.normalize,
+                "padding": "dynamic"}
+
+    def load(self, runtime: Runtime) -> None:
+        from transformers import AutoModel
+
+        from feat.extract.device import torch_dtype
+
+        self.runtime = runtime
+        self.tokenizer = load_tokenizer(self.model_id)
+        self.model = from_pretrained_checked(AutoModel, self.model_id, dtype=torch_dtype(runtime.dtype))
+        if self.pooling == "pooler" and getattr(self.model, "pooler", None) is None:
+            raise InputError(f"{self.model_id} has no pooler (e.g. DeBERTa-v3); use --pooling cls or mean")
+        self.model.to(runtime.device)
+
+    def token_lengths(self, texts: list[str]) -> list[int]:
+        encoded = self.tokenizer(texts, truncation=True, max_length=self.max_length)
+        return [len(ids) for ids in encoded["input_ids"]]
+
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
+        import torch
+
+        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
+                               return_tensors="pt").to(self.runtime.device)
+        with torch.inference_mode():
+            out = self.model(**batch)
+            pooled = pool(out, batch["attention_mask"], self.pooling)
+            if self.normalize:
+                pooled = torch.nn.functional.normalize(pooled.float(), p=2, dim=1)
+        return pooled.float().cpu().numpy()
+
+
+def pool(out, attention_mask, pooling: str):
+    """One vector per sequence: the [CLS] state, the masked mean of token states, or the model's pooler."""
+    if pooling == "pooler":
+        return out.pooler_output
+    hidden = out.last_hidden_state
+    if pooling == "cls":
+        return hidden[:, 0]
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    # Sum in float32: bf16 sums over long sequences lose precision.
+    summed = (hidden.float() * mask.float()).sum(1)
+    return summed / mask.float().sum(1).clamp(min=1e-9)
