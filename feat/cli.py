@@ -25,9 +25,12 @@ def _friendly_errors(command):
         try:
             return command(*args, **kwargs)
         except FeatError as exc:
+            from rich.markup import escape
+
             from feat.console import console
 
-            console.print(f"[red]error:[/red] {exc}", soft_wrap=True)
+            # Escaped: a message quotes user data (ids, split values, paths) that may look like rich markup.
+            console.print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
             raise typer.Exit(exc.exit_code) from None
 
     return wrapper
@@ -81,12 +84,15 @@ def extract(
         name=name, device=device, dtype=dtype, store_dtype=store_dtype, batch_size=batch_size,
         num_workers=num_workers, on_bad_image=on_bad_image, force=force, commit_every=commit_every,
         lock_timeout=wait))
+    from rich.markup import escape
+
+    # soft_wrap: one line per fact even in a narrow terminal or a log file, so that it can be grepped.
     for note in report.notes:
-        console.print(f"[dim]{note}")
+        console.print(f"[dim]{escape(note)}", soft_wrap=True)
     for line in report.encoders:
-        console.print(line.line())
+        console.print(escape(line.line()), soft_wrap=True)
     bad = f"; {report.bad_rows} bad row(s) listed in {report.cache / 'bad_rows.csv'}" if report.bad_rows else ""
-    console.print(f"cache {report.cache}: done in {report.seconds:.1f} s{bad}")
+    console.print(escape(f"cache {report.cache}: done in {report.seconds:.1f} s{bad}"), soft_wrap=True)
 
 
 @app.command()

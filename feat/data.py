@@ -94,6 +94,7 @@ def load_table(
     root = Path(image_root) if image_root is not None else base
     if "image" in frame:
         _resolve_images(frame, root, allow_outside_root)
+    _replace_nul(frame, notes)
     return Table(frame=frame, source=path.resolve(), image_root=root.resolve(), columns=columns, notes=notes)
 
 
@@ -106,17 +107,32 @@ def _read_one(path: Path, notes: list[str]) -> pd.DataFrame:
             raise InputError(f"{path}: reading Parquet needs pyarrow (pip install 'feat[parquet]')") from exc
         return frame.astype(str).where(frame.notna(), "")
     sep = "\t" if suffix == ".tsv" else ","
-    # dtype=str and no NA parsing: ids stay strings and a text "NA" stays a text.
-    read = dict(sep=sep, dtype=str, keep_default_na=False, na_values=[])
+    # dtype=str and no NA parsing: ids stay strings and a text "NA" stays a text. index_col=False: by default
+    # pandas turns the surplus leading fields of rows longer than the header into an index, silently
+    # shifting every column of those rows.
+    read = dict(sep=sep, dtype=str, keep_default_na=False, na_values=[], index_col=False)
     try:
-        return pd.read_csv(path, encoding="utf-8-sig", **read)
-    except UnicodeDecodeError:
-        notes.append(f"{path.name} is not valid UTF-8; read as cp1252 (Windows Latin-1)")
-        return pd.read_csv(path, encoding="cp1252", encoding_errors="replace", **read)
+        try:
+            return _read_csv_strict(path, encoding="utf-8-sig", **read)
+        except UnicodeDecodeError:
+            notes.append(f"{path.name} is not valid UTF-8; read as cp1252 (Windows Latin-1)")
+            return _read_csv_strict(path, encoding="cp1252", encoding_errors="replace", **read)
     except pd.errors.EmptyDataError as exc:
         raise InputError(f"{path}: the file is empty") from exc
+    except pd.errors.ParserWarning as exc:
+        raise InputError(f"{path}: some rows have more fields than the header; check the quoting of texts "
+                         "with commas") from exc
     except pd.errors.ParserError as exc:
         raise InputError(f"{path}: not a readable table ({str(exc).splitlines()[0]})") from exc
+
+
+def _read_csv_strict(path: Path, **read) -> pd.DataFrame:
+    import warnings
+
+    with warnings.catch_warnings():
+        # With index_col=False pandas only warns that it drops the surplus fields; that is data loss.
+        warnings.simplefilter("error", pd.errors.ParserWarning)
+        return pd.read_csv(path, **read)
 
 
 def _read_split_folder(folder: Path, columns: Columns, notes: list[str]) -> pd.DataFrame:
@@ -175,6 +191,18 @@ def _canonical_frame(raw: pd.DataFrame, columns: Columns, path: Path, notes: lis
     return frame.reset_index(drop=True)
 
 
+def _replace_nul(frame: pd.DataFrame, notes: list[str]) -> None:
+    """NUL characters (binary junk in scraped text) cannot be stored in HDF5 strings; they become U+FFFD,
+    said in a note, so that the stored table and what the encoders see stay the same text."""
+    for name in frame.columns:
+        has_nul = frame[name].str.contains("\x00", regex=False)
+        if has_nul.any():
+            frame[name] = frame[name].str.replace("\x00", "\ufffd", regex=False)
+            ids = frame.loc[has_nul, "id"].tolist()
+            notes.append(f"{len(ids)} value(s) of column '{name}' contain NUL characters, replaced by U+FFFD "
+                         f"(ids {', '.join(ids[:5])}{', ...' if len(ids) > 5 else ''})")
+
+
 def _derive_ids(raw: pd.DataFrame, columns: Columns) -> list[str]:
     """Content-derived ids survive reordering and appending rows, unlike row numbers."""
     texts = raw[columns.text].astype(str) if columns.text in raw else [""] * len(raw)
@@ -203,8 +231,13 @@ def resolve_image_path(value: str, real_root: Path, allow_outside_root: bool) ->
     """Return (absolute path, "") or ("", reason). Symlinks are followed before the root check."""
     if not value or value.lower() == "nan":
         return "", "no image path"
+    if "\x00" in value:
+        return "", "invalid image path (contains a NUL byte)"
     candidate = Path(value)
-    resolved = (candidate if candidate.is_absolute() else real_root / candidate).resolve()
+    try:
+        resolved = (candidate if candidate.is_absolute() else real_root / candidate).resolve()
+    except (OSError, RuntimeError) as exc:  # a symlink loop, a name too long for the file system
+        return "", f"invalid image path ({exc.strerror or exc if isinstance(exc, OSError) else exc})"
     if not allow_outside_root and not resolved.is_relative_to(real_root):
         return "", f"path outside image root {real_root} (use --allow-outside-root to permit)"
     return str(resolved), ""

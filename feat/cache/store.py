@@ -63,27 +63,33 @@ class FeatureRows:
     content_hash: np.ndarray  # (n,) object array of str
     valid: np.ndarray  # (n,) bool
     reason: np.ndarray  # (n,) object array of str
-    matrix: np.ndarray | sp.csr_matrix  # (n, dim)
+    matrix: np.ndarray | sp.csr_matrix | None  # (n, dim); None when only the bookkeeping was read
+    width: int | None = None  # dim when `matrix` is None
 
     def __len__(self) -> int:
         return len(self.ids)
 
     @property
     def dim(self) -> int:
-        return self.matrix.shape[1]
+        return self.matrix.shape[1] if self.matrix is not None else int(self.width or 0)
 
     def take(self, index: np.ndarray) -> "FeatureRows":
+        matrix = self.matrix[index] if self.matrix is not None else None
         return FeatureRows(self.ids[index], self.content_hash[index], self.valid[index], self.reason[index],
-                           self.matrix[index])
+                           matrix, self.width)
 
     @staticmethod
     def concat(blocks: list["FeatureRows"]) -> "FeatureRows":
-        sparse = any(sp.issparse(b.matrix) for b in blocks)
-        stack = (lambda ms: sp.vstack(ms, format="csr")) if sparse else np.concatenate
+        if any(b.matrix is None for b in blocks):
+            matrix, width = None, max(b.dim for b in blocks)
+        else:
+            sparse = any(sp.issparse(b.matrix) for b in blocks)
+            matrix = (sp.vstack if sparse else np.concatenate)([b.matrix for b in blocks])
+            matrix, width = (sp.csr_matrix(matrix) if sparse else matrix), None
         return FeatureRows(
             np.concatenate([b.ids for b in blocks]), np.concatenate([b.content_hash for b in blocks]),
             np.concatenate([b.valid for b in blocks]), np.concatenate([b.reason for b in blocks]),
-            stack([b.matrix for b in blocks]),
+            matrix, width,
         )
 
 
@@ -107,17 +113,31 @@ class FeatureCache:
     # ----- locking -----------------------------------------------------------------------------------
     @contextlib.contextmanager
     def lock(self, timeout: float = 0) -> Iterator[None]:
-        self.root.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(str(self.root / LOCK_FILE))
         try:
+            self.root.mkdir(parents=True, exist_ok=True)
+            lock = FileLock(str(self.root / LOCK_FILE))
             lock.acquire(timeout=timeout)
         except Timeout:
-            raise FeatError(f"cache {self.root} is in use by another feat process (lock {self.root / LOCK_FILE}); "
+            waited = f" (waited {timeout:g} s)" if timeout else " (use --wait SECONDS to wait for it)"
+            raise FeatError(f"cache {self.root} is in use by another feat process{waited}; "
                             "wait for it to finish or use another --cache") from None
+        except OSError as exc:
+            raise FeatError(f"cannot write to cache {self.root}: {exc.strerror or exc} "
+                            "(a read-only folder? use another --cache)") from None
         try:
+            self._remove_stale_temporaries()
             yield
         finally:
             lock.release()
+
+    def _remove_stale_temporaries(self) -> None:
+        """Temporary files of writers killed mid-write. Every writer holds the lock, so while we hold it no
+        temporary file belongs to a live process; none was ever visible under a real name."""
+        for folder in [self.root, self.root / FEATURES_DIR, *(self.root / FEATURES_DIR).glob("*.parts")]:
+            if folder.is_dir():
+                for tmp in folder.glob(".*.tmp*"):
+                    with contextlib.suppress(OSError):
+                        tmp.unlink()
 
     # ----- items -------------------------------------------------------------------------------------
     @property
@@ -189,6 +209,11 @@ class FeatureCache:
             block = _read_rows(f) if rows else None
         return FeatureSet(name, block, json.loads(attrs["fingerprint"]), attrs, state)
 
+    def read_flags(self, name: str) -> FeatureRows:
+        """The stored rows of a complete feature set without the matrix (cheap on a large cache)."""
+        with h5py.File(self.feature_path(name), "r") as f:
+            return _read_rows(f, matrix=False)
+
     def is_complete(self, name: str, ids: list[str]) -> bool:
         """True when features/<name>.h5 holds exactly `ids` in this order and no parts wait to be merged."""
         path = self.feature_path(name)
@@ -224,8 +249,9 @@ class FeatureCache:
             f.attrs["fingerprint"] = json.dumps(fingerprint, sort_keys=True)
         return path
 
-    def committed(self, name: str, fingerprint: dict) -> FeatureRows | None:
-        """All rows stored for `name` under `fingerprint`: the complete file, then newer parts over it."""
+    def committed(self, name: str, fingerprint: dict, matrix: bool = True) -> FeatureRows | None:
+        """All rows stored for `name` under `fingerprint`: the complete file, then newer parts over it.
+        `matrix=False` reads only ids, hashes and flags (what deciding the work to do needs)."""
         blocks = []
         for path in [self.feature_path(name), *self._part_files(name)]:
             if not path.exists():
@@ -233,7 +259,7 @@ class FeatureCache:
             with h5py.File(path, "r") as f:
                 if json.loads(f.attrs["fingerprint"]) != fingerprint:
                     continue
-                blocks.append(_read_rows(f))
+                blocks.append(_read_rows(f, matrix))
         if not blocks:
             return None
         rows = FeatureRows.concat(blocks)
@@ -272,19 +298,31 @@ class FeatureCache:
         return FeatureSet(name, aligned, fingerprint, attrs, state)
 
     # ----- bad rows ----------------------------------------------------------------------------------
-    def write_bad_rows(self) -> pd.DataFrame:
-        """Rewrite bad_rows.csv from the stored reasons of every feature set."""
+    def write_bad_rows(self, failed: dict[str, list[tuple[str, str]]] | None = None) -> pd.DataFrame:
+        """Rewrite bad_rows.csv from the stored reasons of every feature set, plus `failed`: rows of a run
+        stopped by `--on-bad-image fail` (feature set -> [(id, reason)]), which are stored nowhere else."""
         frames = []
+        failed = failed or {}
         for name in self.feature_names():
-            rows = self.read(name).rows
+            rows = self.read_flags(name)
             flagged = rows.reason != ""
+            if name in failed:  # the failed run's view of these rows is newer than the stored one
+                flagged &= ~np.isin(rows.ids, [item for item, _ in failed[name]])
             frames.append(pd.DataFrame({"feature": name, "id": rows.ids[flagged], "valid": rows.valid[flagged],
                                         "reason": rows.reason[flagged]}))
-        table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
-            columns=["feature", "id", "valid", "reason"])
+        for name, rows in failed.items():
+            frames.append(pd.DataFrame({"feature": name, "id": [item for item, _ in rows], "valid": False,
+                                        "reason": [f"{reason} (--on-bad-image fail: not stored)"
+                                                   for _, reason in rows]}))
+        columns = ["feature", "id", "valid", "reason"]
+        table = pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
         tmp = self.root / f".{BAD_ROWS_FILE}.tmp"
-        table.to_csv(tmp, index=False)
-        os.replace(tmp, self.root / BAD_ROWS_FILE)
+        try:
+            table.to_csv(tmp, index=False)
+            os.replace(tmp, self.root / BAD_ROWS_FILE)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise FeatError(f"could not write {self.root / BAD_ROWS_FILE}: {exc.strerror or exc}") from exc
         return table
 
 
@@ -356,15 +394,19 @@ def _write_rows(f: h5py.File, rows: FeatureRows) -> None:
         f.create_dataset("X", data=matrix, chunks=chunks, track_times=False)
 
 
-def _read_rows(f: h5py.File) -> FeatureRows:
+def _read_rows(f: h5py.File, matrix: bool = True) -> FeatureRows:
     node = f["X"]
-    if isinstance(node, h5py.Group):
-        matrix = sp.csr_matrix((node["data"][:], node["indices"][:], node["indptr"][:]),
+    sparse = isinstance(node, h5py.Group)
+    width = int(node.attrs["shape"][1] if sparse else node.shape[1])
+    if not matrix:
+        values = None
+    elif sparse:
+        values = sp.csr_matrix((node["data"][:], node["indices"][:], node["indptr"][:]),
                                shape=tuple(node.attrs["shape"]))
     else:
-        matrix = node[()]
+        values = node[()]
     return FeatureRows(_read_str(f["ids"]), _read_str(f["content_hash"]), f["valid"][()].astype(bool),
-                       _read_str(f["reason"]), matrix)
+                       _read_str(f["reason"]), values, None if matrix else width)
 
 
 def _frame_digest(frame: pd.DataFrame) -> str:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from rich.markup import escape
+
 from feat.cache import FeatureCache, FeatureRows
 from feat.console import console, progress_bar
 from feat.data import Columns, Table, load_table
@@ -49,20 +51,45 @@ class ExtractConfig:
 class EncoderReport:
     name: str
     rows: int = 0
-    encoded: int = 0
-    reused: int = 0
-    invalid: int = 0
-    zero_filled: int = 0
+    encoded: int = 0  # rows that went through a forward pass in this run
+    reused: int = 0  # rows taken from the cache (committed by this or an earlier, maybe killed, run)
+    invalid: int = 0  # rows stored with valid=False (all of them, reused or new)
+    zero_filled: int = 0  # bad images stored as zero vectors under --on-bad-image zero
     batches: int = 0  # forward passes run
     seconds: float = 0.0
     dim: int = 0
+    notes: list[str] = field(default_factory=list)
 
     def line(self) -> str:
-        what = "no forward pass, all rows reused from cache" if not self.encoded else \
-            f"{self.encoded} encoded in {self.batches} batches"
+        if self.batches == 0:
+            what = "no forward pass, all rows reused from cache" if self.reused == self.rows else "no forward pass"
+        else:
+            what = f"{self.encoded} encoded in {self.batches} batches"
         extra = f", {self.zero_filled} zero-filled" if self.zero_filled else ""
         return (f"{self.name}: {self.rows} rows ({what}; {self.reused} reused, {self.invalid} invalid{extra}), "
                 f"dim {self.dim}, {self.seconds:.1f} s")
+
+
+class BadImagesFailed(InputError):
+    """`--on-bad-image fail` met bad images; the good rows of the run are committed."""
+
+    def __init__(self, name: str, rows: list[tuple[str, str]]):
+        listed = "; ".join(f"{item}: {reason}" for item, reason in rows[:10])
+        super().__init__(f"{name}: {len(rows)} bad image(s) with --on-bad-image fail ({listed}"
+                         f"{'; ...' if len(rows) > 10 else ''}); listed in bad_rows.csv; the other rows are "
+                         "committed, a re-run with --on-bad-image skip or zero reuses them")
+        self.name, self.rows = name, rows
+
+
+@dataclass
+class _Plan:
+    """What one encoder will do, decided before anything is written."""
+
+    encoder: Encoder
+    name: str
+    fingerprint: dict
+    hashes: list[str]
+    stale: str = ""  # the fingerprint difference when --force re-encodes a stale feature set
 
 
 @dataclass
@@ -87,16 +114,24 @@ def extract(config: ExtractConfig) -> ExtractReport:
     device = select_device(config.device)
     runtime = Runtime(device=device, dtype=select_dtype(config.dtype, device))
     cache = FeatureCache(config.cache)
+    notes = [*table.notes, *_text_notes(table, encoders)]
     reports = []
     with cache.lock(config.lock_timeout):
+        digests = _image_digests(table) if needs_image else None
+        # Every stale feature set is refused before the first write: a refused run leaves the cache as it was
+        # (items.h5 included, which must stay aligned with the feature sets it describes).
+        plans = [_plan(cache, table, encoder, config, runtime, digests) for encoder in encoders]
         cache.write_items(table.frame, {"source": str(table.source), "image_root": str(table.image_root),
                                         "columns": vars(config.columns)})
-        digests = _image_digests(table) if needs_image else None
-        for encoder in encoders:
-            name = config.name or encoder.name
-            reports.append(_extract_one(cache, table, encoder, name, config, runtime, digests))
+        for plan in plans:
+            try:
+                reports.append(_extract_one(cache, table, plan, config, runtime))
+            except BadImagesFailed as exc:
+                cache.write_bad_rows({exc.name: exc.rows})
+                raise
+            notes += reports[-1].notes
         bad = cache.write_bad_rows()
-    return ExtractReport(Path(config.cache), reports, table.notes, len(bad), time.perf_counter() - started)
+    return ExtractReport(Path(config.cache), reports, notes, len(bad), time.perf_counter() - started)
 
 
 def _check_config(config: ExtractConfig) -> None:
@@ -138,6 +173,17 @@ def _check_table(table: Table, encoders: list[Encoder]) -> None:
                              "(use --image-col)")
 
 
+def _text_notes(table: Table, encoders: list[Encoder]) -> list[str]:
+    """Empty texts are legitimate (an image-only post) and encoded as such, but never silently."""
+    if not table.has_text or not any(e.modality == "text" for e in encoders):
+        return []
+    empty = [item for item, text in zip(table.ids, table.frame["text"]) if not text.strip()]
+    if not empty:
+        return []
+    return [f"{len(empty)} row(s) with empty or whitespace-only text, encoded as empty text "
+            f"(ids {', '.join(empty[:5])}{', ...' if len(empty) > 5 else ''})"]
+
+
 def _image_digests(table: Table) -> list[str]:
     from feat.extract.images import image_digest
 
@@ -145,41 +191,73 @@ def _image_digests(table: Table) -> list[str]:
             for path, error in zip(table.frame["image_path"], table.frame["image_error"])]
 
 
-def _extract_one(cache: FeatureCache, table: Table, encoder: Encoder, name: str, config: ExtractConfig,
-                 runtime: Runtime, digests: list[str] | None) -> EncoderReport:
-    started = time.perf_counter()
-    report = EncoderReport(name, rows=len(table))
-    texts = table.frame["text"].tolist() if table.has_text else [None] * len(table)
+def _plan(cache: FeatureCache, table: Table, encoder: Encoder, config: ExtractConfig, runtime: Runtime,
+          digests: list[str] | None) -> _Plan:
+    name = config.name or encoder.name
+    texts = _texts(table)
     if isinstance(encoder, FittedEncoder):
-        encoder.fit_key([t for t, s in zip(texts, table.frame["split"]) if s == "train"])
+        encoder.fit_key(_train_texts(table))
     fingerprint = _fingerprint(encoder, runtime, config)
     stored = cache.fingerprint(name)
+    stale = ""
     if stored is not None and stored != fingerprint:
+        stale = _fingerprint_diff(stored, fingerprint)
         if not config.force:
             raise InputError(f"cache {cache.root}: feature set '{name}' was made with a different fingerprint "
-                             f"({_fingerprint_diff(stored, fingerprint)}); re-encode it with --force, or store the "
-                             "new features under another --name")
-        console.print(f"[yellow]{name}: fingerprint changed ({_fingerprint_diff(stored, fingerprint)}); "
-                      "--force: re-encoding every row")
-        cache.delete(name)
+                             f"({stale}); re-encode it with --force, or store the new features under another "
+                             "--name")
     hashes = [encoder.row_hash(t, d) for t, d in zip(texts, digests or [None] * len(table))]
-    todo = _rows_to_encode(cache.committed(name, fingerprint), table.ids, hashes, config.on_bad_image)
+    return _Plan(encoder, name, fingerprint, hashes, stale)
+
+
+def _texts(table: Table) -> list[str | None]:
+    return table.frame["text"].tolist() if table.has_text else [None] * len(table)
+
+
+def _train_texts(table: Table) -> list[str]:
+    return [t for t, s in zip(_texts(table), table.frame["split"]) if s == "train"]
+
+
+def _extract_one(cache: FeatureCache, table: Table, plan: _Plan, config: ExtractConfig,
+                 runtime: Runtime) -> EncoderReport:
+    started = time.perf_counter()
+    encoder, name, fingerprint = plan.encoder, plan.name, plan.fingerprint
+    report = EncoderReport(name, rows=len(table))
+    if plan.stale:
+        console.print(f"[yellow]{name}: fingerprint changed ({escape(plan.stale)}); --force: re-encoding every row",
+                      soft_wrap=True)
+        cache.delete(name)
+    committed = cache.committed(name, fingerprint, matrix=False)
+    todo = _rows_to_encode(committed, table.ids, plan.hashes, config.on_bad_image)
     report.reused = len(table) - len(todo)
     if todo:
-        report = _encode(cache, table, encoder, name, config, runtime, fingerprint, todo, hashes, texts, report)
+        known_dim = committed.dim if committed is not None and len(committed) else None
+        _encode(cache, table, encoder, name, config, runtime, fingerprint, todo, plan.hashes, report, known_dim)
     if todo or not cache.is_complete(name, table.ids):
-        state = encoder.state() if isinstance(encoder, FittedEncoder) else {}
-        if not state and cache.feature_path(name).exists():
-            state = cache.read(name, rows=False).state  # a warm fitted encoder: keep the stored fit
-        final = cache.finalize(name, table.ids, fingerprint, state, encoder.name)
+        state = _fitted_state(cache, name, encoder, table) if isinstance(encoder, FittedEncoder) else {}
+        rows = cache.finalize(name, table.ids, fingerprint, state, encoder.name).rows
     else:
-        final = cache.read(name)
-    rows = final.rows
+        rows = cache.read_flags(name)  # a warm cache: the matrix is not needed (and may be gigabytes)
     report.invalid = int((~rows.valid).sum())
     report.zero_filled = int((rows.valid & (rows.reason != "")).sum())
     report.dim = rows.dim
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _fitted_state(cache: FeatureCache, name: str, encoder: FittedEncoder, table: Table) -> dict:
+    """The fit that made the rows being finalized. Every row hash includes the fit digest, so all rows come
+    from the current train split; after a run killed between its commits and the merge, the stored state may
+    still be an older fit, and is then refitted (deterministic) rather than mislabelled."""
+    state = encoder.state()
+    if state:
+        return state
+    if cache.feature_path(name).exists():
+        stored = cache.read(name, rows=False).state
+        if "fit_digest" in stored and str(stored["fit_digest"][0]) == encoder.fit_digest:
+            return stored
+    encoder.fit(_train_texts(table))
+    return encoder.state()
 
 
 def _fingerprint(encoder: Encoder, runtime: Runtime, config: ExtractConfig) -> dict:
@@ -240,48 +318,56 @@ class _Committer:
         self.blocks, self.pending = [], 0
 
 
-def _encode(cache, table, encoder, name, config, runtime, fingerprint, todo, hashes, texts, report):
-    if encoder.runtime != runtime or not _loaded(encoder):
-        encoder.load(runtime)
+def _encode(cache, table, encoder, name, config, runtime, fingerprint, todo, hashes, report, known_dim) -> None:
     committer = _Committer(cache, name, fingerprint, config.commit_every, config.store_dtype)
-    ids = table.ids
+    ids, texts = table.ids, _texts(table)
     with progress_bar(name, len(todo)) as advance:
         if isinstance(encoder, FittedEncoder):
-            encoder.fit([t for t, s in zip(texts, table.frame["split"]) if s == "train"])
+            encoder.load(runtime)
+            encoder.fit(_train_texts(table))
             matrix = encoder.transform_texts([texts[i] for i in todo])
             committer.add([ids[i] for i in todo], [hashes[i] for i in todo], matrix, [True] * len(todo),
                           [""] * len(todo))
             report.batches += 1
+            report.encoded += len(todo)
             advance(len(todo))
             bad = []
         elif isinstance(encoder, TextEncoder):
+            _ensure_loaded(encoder, runtime)
             bad = _encode_texts(encoder, [texts[i] for i in todo], todo, ids, hashes, config, committer, report,
                                 advance)
         elif isinstance(encoder, ImageEncoder):
-            bad = _encode_images(encoder, table, todo, ids, hashes, config, committer, report, advance)
+            bad = _encode_images(encoder, table, todo, ids, hashes, config, runtime, committer, report, advance,
+                                 known_dim)
         else:
             raise FeatError(f"encoder '{encoder.name}' is of no known kind")
     committer.flush()
-    report.encoded = len(todo) - len(bad)
     if bad:
-        listed = "; ".join(f"{item}: {reason}" for item, reason in bad[:10])
-        raise InputError(f"{name}: {len(bad)} bad image(s) with --on-bad-image fail ({listed}"
-                         f"{'; ...' if len(bad) > 10 else ''}); the other rows are committed")
-    return report
+        raise BadImagesFailed(name, bad)
 
 
-def _loaded(encoder: Encoder) -> bool:
-    return getattr(encoder, "model", None) is not None or isinstance(encoder, FittedEncoder)
+def _ensure_loaded(encoder: Encoder, runtime: Runtime) -> None:
+    if encoder.runtime != runtime or getattr(encoder, "model", None) is None:
+        encoder.load(runtime)
 
 
 def _encode_texts(encoder, texts, todo, ids, hashes, config, committer, report, advance) -> list:
     lengths = encoder.token_lengths(texts)
     # Longest first: the largest batch runs (and would run out of memory) at once, not after an hour.
+    # Deterministic (ties by position) and cut in whole batches from the start: commits are whole batches,
+    # so after a crash the rows left form exactly the batches the uninterrupted run would have formed,
+    # and the resumed cache is bit-identical to it.
     order = sorted(range(len(texts)), key=lambda i: (-lengths[i], i))
+    limit = encoder.max_length
+    truncated = [ids[todo[i]] for i in order if limit and lengths[i] >= limit]
+    if truncated:
+        report.notes.append(f"{report.name}: {len(truncated)} text(s) reached --max-length {limit} tokens and were "
+                            f"truncated (e.g. {', '.join(truncated[:3])})")
     for start in range(0, len(order), config.batch_size):
         chunk = order[start:start + config.batch_size]
         vectors = encoder.encode_texts([texts[i] for i in chunk])
         report.batches += 1
+        report.encoded += len(chunk)
         rows = [todo[i] for i in chunk]
         committer.add([ids[r] for r in rows], [hashes[r] for r in rows], vectors, [True] * len(rows),
                       [""] * len(rows))
@@ -289,25 +375,31 @@ def _encode_texts(encoder, texts, todo, ids, hashes, config, committer, report, 
     return []
 
 
-def _encode_images(encoder, table, todo, ids, hashes, config, committer, report, advance) -> list:
+def _encode_images(encoder, table, todo, ids, hashes, config, runtime, committer, report, advance,
+                   known_dim) -> list:
     import torch
 
     from feat.extract.image_loader import image_batches
 
-    dim = None
+    dim = known_dim
     bad = []
     paths = table.frame["image_path"].tolist()
     errors = table.frame["image_error"].tolist()
     for positions, pixels, reasons in image_batches([paths[i] for i in todo], [errors[i] for i in todo],
                                                     encoder.transform(), config.batch_size, config.num_workers,
-                                                    pin_memory=encoder.runtime.device.startswith("cuda")):
+                                                    pin_memory=runtime.device.startswith("cuda")):
         rows = [todo[p] for p in positions]
         good = [j for j, reason in enumerate(reasons) if not reason]
-        vectors = encoder.encode_pixels(pixels) if good else None
-        if vectors is not None:
+        if good:
+            # Loaded on the first good image: a run that only re-checks bad images loads no model.
+            _ensure_loaded(encoder, runtime)
+            vectors = encoder.encode_pixels(pixels)
             report.batches += 1
+            report.encoded += len(good)
             dim = vectors.shape[1]
-        dim = dim or _probe_dim(encoder)
+        if dim is None:
+            _ensure_loaded(encoder, runtime)
+            dim = _probe_dim(encoder)
         matrix = np.zeros((len(rows), dim), dtype=np.float32)
         if good:
             matrix[good] = vectors
