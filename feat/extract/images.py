@@ -6,10 +6,12 @@ Every failure becomes a short reason string stored with the row; nothing is repl
 from __future__ import annotations
 
 import hashlib
+import os
+import stat
 import warnings
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageFile, ImageOps
 
 # Refuse images whose pixel count could exhaust memory (a decompression bomb); 8k x 8k is plenty for a photo.
 MAX_PIXELS = 64_000_000
@@ -20,12 +22,16 @@ def read_bytes(path: str) -> tuple[bytes | None, str]:
     if not path:
         return None, "no image path"
     try:
+        # Checked before opening: opening a FIFO or a device blocks or never ends.
+        mode = os.stat(path).st_mode
+        if stat.S_ISDIR(mode):
+            return None, "image path is a directory"
+        if not stat.S_ISREG(mode):
+            return None, "image path is not a regular file"
         with open(path, "rb") as handle:
             data = handle.read()
     except FileNotFoundError:
         return None, "image file not found"
-    except IsADirectoryError:
-        return None, "image path is a directory"
     except OSError as exc:
         return None, f"image unreadable: {exc.strerror or exc}"
     if not data:
@@ -46,9 +52,12 @@ def decode_image(path: str) -> tuple[Image.Image | None, str]:
         return None, reason
     import io
 
+    truncated_ok = ImageFile.LOAD_TRUNCATED_IMAGES
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
+            # Another library in the process may have told PIL to pad truncated files with grey silently.
+            ImageFile.LOAD_TRUNCATED_IMAGES = False
             image = Image.open(io.BytesIO(data))
             if image.width * image.height > MAX_PIXELS:
                 return None, f"image too large ({image.width}x{image.height} pixels; decompression bomb guard)"
@@ -60,8 +69,13 @@ def decode_image(path: str) -> tuple[Image.Image | None, str]:
         return None, "image too large (decompression bomb guard)"
     except Image.UnidentifiedImageError:
         return None, "not an image (unrecognised format)"
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
-        return None, f"image corrupt: {str(exc).splitlines()[0][:120]}"
+    except MemoryError:
+        return None, "image too large to decode (out of memory)"
+    except Exception as exc:  # noqa: BLE001 - PIL plugins raise many types (struct.error, KeyError, ...)
+        text = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
+        return None, f"image corrupt: {text}"
+    finally:
+        ImageFile.LOAD_TRUNCATED_IMAGES = truncated_ok
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
