@@ -13,6 +13,7 @@ def describe(root: Path) -> str:
     items = cache.read_items()
     lines = [f"cache {root}: {len(items)} items "
              f"({', '.join(f'{s} {n}' for s, n in items['split'].value_counts().items())})"]
+    item_ids = items["id"].to_numpy(dtype=object)
     names = cache.feature_names()
     if not names:
         lines.append("  no feature sets yet")
@@ -25,6 +26,13 @@ def describe(root: Path) -> str:
         lines.append(f"    fingerprint {a['fingerprint_id']}: encoder {fp['encoder']}, model {fp['model']}, "
                      f"weights {fp['weights'][:40]}, compute {fp['compute_dtype']}, feat {fp['feat_version']}")
         lines.append(f"    preprocessing {json.dumps(fp['preprocessing'], sort_keys=True)[:200]}")
+        ids = cache.read_flags(name).ids
+        if len(ids) != len(item_ids) or not (ids == item_ids).all():
+            # items.h5 follows the latest extract; a feature set not in it keeps the table it was made from.
+            missing = len(set(item_ids) - set(ids))
+            lines.append(f"    behind the table: {missing} of the {len(item_ids)} items have no row here, "
+                         f"{len(set(ids) - set(item_ids))} rows are of items no longer in it, or the order "
+                         f"differs; re-run `feat extract` with encoder {fp['encoder']} to align it")
         if cache.parts_dir(name).exists():
             lines.append("    (an unfinished extraction left committed parts: the next extract resumes them)")
     return "\n".join(lines)

@@ -249,28 +249,49 @@ class FeatureCache:
             f.attrs["fingerprint"] = json.dumps(fingerprint, sort_keys=True)
         return path
 
-    def committed(self, name: str, fingerprint: dict, matrix: bool = True) -> FeatureRows | None:
-        """All rows stored for `name` under `fingerprint`: the complete file, then newer parts over it.
-        `matrix=False` reads only ids, hashes and flags (what deciding the work to do needs)."""
-        blocks = []
+    def committed(self, name: str, fingerprint: dict, matrix: bool = True,
+                  want: dict[str, str] | None = None) -> FeatureRows | None:
+        """The rows stored for `name` under `fingerprint`, one per id: the complete file, then the parts over
+        it (a later commit is newer). `want` (id -> content hash) keeps only the rows of those ids made from
+        that content; `matrix=False` reads only ids, hashes and flags (what deciding the work to do needs)."""
+        sources = []
         for path in [self.feature_path(name), *self._part_files(name)]:
-            if not path.exists():
-                continue
-            with h5py.File(path, "r") as f:
-                if json.loads(f.attrs["fingerprint"]) != fingerprint:
-                    continue
-                blocks.append(_read_rows(f, matrix))
-        if not blocks:
+            if path.exists():
+                with h5py.File(path, "r") as f:
+                    if json.loads(f.attrs["fingerprint"]) == fingerprint:
+                        sources.append((path, _read_rows(f, matrix=False)))
+        if not sources:
             return None
-        rows = FeatureRows.concat(blocks)
-        # Keep the last occurrence of each id: parts are newer than the complete file.
-        _, last = np.unique(rows.ids[::-1], return_index=True)
-        return rows.take(np.sort(len(rows) - 1 - last))
+        # Decided on the bookkeeping first: rows that lost to a newer commit, or that `want` rules out, are
+        # never read. They may not even stack: a TF-IDF row from an older fit has another width.
+        latest: dict[str, tuple[int, int]] = {}
+        for s, (_, meta) in enumerate(sources):
+            latest.update(zip(meta.ids.tolist(), ((s, r) for r in range(len(meta)))))
+        if want is not None:
+            latest = {item: (s, r) for item, (s, r) in latest.items()
+                      if want.get(item, None) == sources[s][1].content_hash[r]}
+        chosen: list[list[int]] = [[] for _ in sources]
+        for s, r in latest.values():
+            chosen[s].append(r)
+        blocks = []
+        for (path, meta), rows in zip(sources, chosen):
+            index = np.array(sorted(rows), dtype=np.int64)
+            block = meta.take(index)
+            if matrix:
+                with h5py.File(path, "r") as f:
+                    block.matrix = _read_rows(f).matrix[index]
+                block.width = None
+            blocks.append(block)
+        if matrix and len({b.dim for b in blocks if len(b)}) > 1:
+            raise FeatError(f"feature set '{name}': committed rows of different widths under one fingerprint "
+                            f"({sorted({b.dim for b in blocks})}); re-encode it with --force")
+        return FeatureRows.concat([b for b in blocks if len(b)] or blocks[:1])
 
-    def finalize(self, name: str, ids: list[str], fingerprint: dict, state: dict[str, np.ndarray],
-                 encoder: str) -> FeatureSet:
-        """Merge everything committed into features/<name>.h5 in the order of `ids`, then drop the parts."""
-        rows = self.committed(name, fingerprint)
+    def finalize(self, name: str, ids: list[str], hashes: list[str], fingerprint: dict,
+                 state: dict[str, np.ndarray], encoder: str) -> FeatureSet:
+        """Merge the committed rows of exactly this content (`ids` with their `hashes`) into
+        features/<name>.h5 in the order of `ids`, then drop the parts."""
+        rows = self.committed(name, fingerprint, want=dict(zip(ids, hashes)))
         if rows is None:
             raise FeatError(f"nothing committed for feature set '{name}'")
         position = {item: i for i, item in enumerate(rows.ids)}

@@ -106,7 +106,7 @@ def extract(config: ExtractConfig) -> ExtractReport:
     started = time.perf_counter()
     _check_config(config)
     encoders = _create_encoders(config)
-    needs_image = any(e.modality == "image" for e in encoders)
+    needs_image = any("image" in e.modality for e in encoders)
     table = load_table(config.data, config.columns, config.image_root, config.allow_outside_root)
     _check_table(table, encoders)
     from feat.extract.device import select_device, select_dtype
@@ -165,17 +165,17 @@ def _create_encoders(config: ExtractConfig) -> list[Encoder]:
 
 def _check_table(table: Table, encoders: list[Encoder]) -> None:
     for encoder in encoders:
-        if encoder.modality == "text" and not table.has_text:
+        if "text" in encoder.modality and not table.has_text:
             raise InputError(f"encoder '{encoder.name}' needs a text column '{table.columns.text}' "
                              "(use --text-col)")
-        if encoder.modality == "image" and not table.has_image:
+        if "image" in encoder.modality and not table.has_image:
             raise InputError(f"encoder '{encoder.name}' needs an image column '{table.columns.image}' "
                              "(use --image-col)")
 
 
 def _text_notes(table: Table, encoders: list[Encoder]) -> list[str]:
     """Empty texts are legitimate (an image-only post) and encoded as such, but never silently."""
-    if not table.has_text or not any(e.modality == "text" for e in encoders):
+    if not table.has_text or not any("text" in e.modality for e in encoders):
         return []
     empty = [item for item, text in zip(table.ids, table.frame["text"]) if not text.strip()]
     if not empty:
@@ -235,7 +235,7 @@ def _extract_one(cache: FeatureCache, table: Table, plan: _Plan, config: Extract
         _encode(cache, table, encoder, name, config, runtime, fingerprint, todo, plan.hashes, report, known_dim)
     if todo or not cache.is_complete(name, table.ids):
         state = _fitted_state(cache, name, encoder, table) if isinstance(encoder, FittedEncoder) else {}
-        rows = cache.finalize(name, table.ids, fingerprint, state, encoder.name).rows
+        rows = cache.finalize(name, table.ids, plan.hashes, fingerprint, state, encoder.name).rows
     else:
         rows = cache.read_flags(name)  # a warm cache: the matrix is not needed (and may be gigabytes)
     report.invalid = int((~rows.valid).sum())
