@@ -148,3 +148,26 @@ class FittedEncoder(Encoder):
 
     @abstractmethod
     def load_state(self, state: dict[str, np.ndarray]) -> None: ...
+
+
+class JointEncoder(Encoder):
+    """Sees the text and the image of a row together and returns one vector (BLIP-ITM, FLAVA, ViLT).
+
+    Fed like an ImageEncoder (images decoded in DataLoader workers by `transform()`, batches in input order),
+    with each row's text beside its image; texts are padded per batch. A row is encoded again when either its
+    text or its image bytes change.
+    """
+
+    modality = "text+image"
+
+    def row_hash(self, text: str | None, image_digest: str | None) -> str:
+        text_digest = hashlib.sha256((text or "").encode("utf-8", "surrogatepass")).hexdigest()
+        return hashlib.sha256(f"{text_digest}:{image_digest or ''}".encode()).hexdigest()
+
+    @abstractmethod
+    def transform(self) -> Callable:
+        """A picklable function PIL.Image (RGB) -> float tensor (C, H, W) of one fixed shape per encoder."""
+
+    @abstractmethod
+    def encode_pairs(self, texts: list[str], pixels) -> np.ndarray:
+        """texts[i] with image pixels[i] ((B, C, H, W) float tensor) -> (B, dim) float32 array."""

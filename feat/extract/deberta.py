@@ -12,3 +12,4 @@ class DebertaEncoder(HFTextEncoder):
     pooling_choices = ("cls", "mean")
     default_pooling = "cls"
     default_max_length = 128
+    model_types = ("deberta-v2", "deberta")  # other text models: --encoder hf-text

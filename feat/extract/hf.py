@@ -9,14 +9,16 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+from pathlib import Path
 
-from feat.errors import FeatError
+from feat.errors import FeatError, InputError
 
 
 def from_pretrained_checked(model_class, name_or_path: str, **kwargs):
     """`model_class.from_pretrained` that raises FeatError on missing or shape-mismatched weights."""
     from transformers.utils import logging as hf_logging
 
+    _refuse_missing_folder(name_or_path)
     hf_logging.disable_progress_bar()  # feat shows its own progress; the per-tensor load bar is noise
     logger = logging.getLogger("transformers")
     level = logger.level
@@ -24,36 +26,94 @@ def from_pretrained_checked(model_class, name_or_path: str, **kwargs):
     try:
         with contextlib.redirect_stdout(io.StringIO()):
             model, info = model_class.from_pretrained(name_or_path, output_loading_info=True, **kwargs)
-    except OSError as exc:
-        raise FeatError(f"could not load model '{name_or_path}': {str(exc).splitlines()[0]}") from exc
+    except (OSError, ValueError) as exc:  # ValueError: a config transformers cannot map to this class
+        raise FeatError(f"could not load model '{name_or_path}' as {model_class.__name__}: "
+                        f"{_first_line(exc)}") from exc
     finally:
         logger.setLevel(level)
     missing = list(info.get("missing_keys", []))
     mismatched = list(info.get("mismatched_keys", []))
     if missing or mismatched:
-        keys = [*missing, *[str(k[0] if isinstance(k, tuple) else k) for k in mismatched]]
-        raise FeatError(f"'{name_or_path}' does not hold every weight of {model_class.__name__}: "
-                        f"{len(keys)} would be random ({', '.join(keys[:4])}{', ...' if len(keys) > 4 else ''}); "
-                        "is it the right checkpoint for this encoder?")
+        keys = sorted([*missing, *[str(k[0] if isinstance(k, tuple) else k) for k in mismatched]])
+        raise FeatError(f"'{name_or_path}' ({_checkpoint_type(name_or_path)} checkpoint) does not hold every weight "
+                        f"of {type(model).__name__}: {len(keys)} would be random ({', '.join(keys[:4])}"
+                        f"{', ...' if len(keys) > 4 else ''}); is it the right checkpoint for this encoder?")
     model.eval()
     model.requires_grad_(False)
     return model
 
 
+def load_dual_encoder(name_or_path: str, **kwargs):
+    """A CLIP-family model (both towers and their projections into the shared space), fully checked."""
+    from transformers import AutoModel
+
+    model = from_pretrained_checked(AutoModel, name_or_path, **kwargs)
+    if not (hasattr(model, "get_text_features") and hasattr(model, "get_image_features")):
+        raise InputError(f"'{name_or_path}' is a {model.config.model_type!r} checkpoint, not a CLIP-family "
+                         "text-image dual encoder")
+    return model
+
+
+def projected(features):
+    """The projected embedding from `get_text_features`/`get_image_features`: transformers 5 returns an output
+    whose pooler_output holds it; older versions and some families return the tensor itself."""
+    return features if hasattr(features, "dim") else features.pooler_output
+
+
 def load_tokenizer(name_or_path: str):
     from transformers import AutoTokenizer
 
+    _refuse_missing_folder(name_or_path)
     try:
         return AutoTokenizer.from_pretrained(name_or_path)
-    except (OSError, ValueError) as exc:
-        raise FeatError(f"could not load the tokenizer of '{name_or_path}': {str(exc).splitlines()[0]}") from exc
+    except (OSError, ValueError, TypeError) as exc:
+        raise FeatError(f"could not load the tokenizer of '{name_or_path}': {_first_line(exc)}") from exc
 
 
 def load_image_processor(name_or_path: str):
     from transformers import AutoImageProcessor
 
+    _refuse_missing_folder(name_or_path)
     try:
-        # The PIL-based ("slow") processors need no torchvision and match the reference preprocessing.
-        return AutoImageProcessor.from_pretrained(name_or_path, use_fast=False)
-    except (OSError, ValueError) as exc:
-        raise FeatError(f"could not load the image processor of '{name_or_path}': {str(exc).splitlines()[0]}") from exc
+        # The PIL backend needs no torchvision and matches the reference preprocessing.
+        return AutoImageProcessor.from_pretrained(name_or_path, backend="pil")
+    except (OSError, ValueError, TypeError) as exc:
+        raise FeatError(f"could not load the image processor of '{name_or_path}': {_first_line(exc)}") from exc
+
+
+def processor_summary(processor) -> dict:
+    """The processor's whole config as plain JSON values: every field can change the pixels (crop_pct,
+    rescale_offset, ...), so a hand-picked subset would let a changed preprocessing reuse stale vectors."""
+    import json
+
+    return json.loads(processor.to_json_string())
+
+
+def require_model_type(model, allowed: tuple[str, ...], encoder: str, name_or_path: str) -> None:
+    """Refuse a checkpoint of another family: its weights would load fully, but it is not what the encoder
+    name promises (and its fingerprint would say so only in the model id)."""
+    found = getattr(model.config, "model_type", None)
+    if found not in allowed:
+        raise InputError(f"encoder '{encoder}' needs a {' or '.join(allowed)} checkpoint; '{name_or_path}' is "
+                         f"{found!r} (use --encoder hf-text or hf-vision for other models)")
+
+
+def _refuse_missing_folder(name_or_path: str) -> None:
+    """A path that does not exist would otherwise be tried as a hub id, with a baffling repo-id error."""
+    looks_local = name_or_path.startswith((".", "/", "~")) or "\\" in name_or_path or name_or_path.count("/") > 1
+    if looks_local and not Path(name_or_path).expanduser().exists():
+        raise InputError(f"model folder '{name_or_path}' does not exist")
+
+
+def _checkpoint_type(name_or_path: str) -> str:
+    try:
+        from transformers import PreTrainedConfig
+
+        return repr(PreTrainedConfig.get_config_dict(name_or_path)[0].get("model_type", "unknown"))
+    except Exception:  # noqa: BLE001 - only decorates an error message
+        return "an unreadable"
+
+
+def _first_line(exc: Exception) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__

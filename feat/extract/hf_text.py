@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 
 from feat.extract.base import EncoderOptions, Runtime, TextEncoder
-from feat.extract.hf import from_pretrained_checked, load_tokenizer
 from feat.errors import InputError
+from feat.extract.hf import from_pretrained_checked, load_tokenizer, require_model_type
 
 
 class HFTextEncoder(TextEncoder):
@@ -17,6 +17,7 @@ class HFTextEncoder(TextEncoder):
     default_pooling = "cls"
     default_max_length = 128
     normalize = False  # L2-normalise the pooled vector (sentence-transformers models do)
+    model_types: tuple[str, ...] = ()  # config.model_type values this encoder promises; () = any
 
     def __init__(self, options: EncoderOptions = EncoderOptions()):
         super().__init__(options)
@@ -34,10 +35,20 @@ class HFTextEncoder(TextEncoder):
 
         self.runtime = runtime
         self.tokenizer = load_tokenizer(self.model_id)
-        self.model = from_pretrained_checked(AutoModel, self.model_id, dtype=torch_dtype(runtime.dtype))
-        if self.pooling == "pooler" and getattr(self.model, "pooler", None) is None:
+        self._check_max_length()
+        model = from_pretrained_checked(AutoModel, self.model_id, dtype=torch_dtype(runtime.dtype))
+        if self.model_types:
+            require_model_type(model, self.model_types, self.name, self.model_id)
+        if self.pooling == "pooler" and getattr(model, "pooler", None) is None:
             raise InputError(f"{self.model_id} has no pooler (e.g. DeBERTa-v3); use --pooling cls or mean")
-        self.model.to(runtime.device)
+        self.model = model.to(runtime.device)
+
+    def _check_max_length(self) -> None:
+        """Longer inputs than the model was trained on would index past its position table (a crash deep in
+        a batch) or, for relative positions, silently give vectors the model never learned."""
+        limit = getattr(self.tokenizer, "model_max_length", None)
+        if isinstance(limit, int) and limit < 100_000 and self.max_length > limit:
+            raise InputError(f"--max-length {self.max_length} exceeds what {self.model_id} takes ({limit} tokens)")
 
     def token_lengths(self, texts: list[str]) -> list[int]:
         encoded = self.tokenizer(texts, truncation=True, max_length=self.max_length)

@@ -12,7 +12,7 @@ import numpy as np
 
 from feat.errors import InputError
 from feat.extract.base import EncoderOptions, ImageEncoder, Runtime
-from feat.extract.hf import from_pretrained_checked, load_image_processor
+from feat.extract.hf import from_pretrained_checked, load_image_processor, processor_summary
 
 
 class ProcessorTransform:
@@ -43,11 +43,10 @@ class HFVisionEncoder(ImageEncoder):
         return {"pooling": self.pooling, "processor": self._processor_summary()}
 
     def _processor_summary(self) -> dict:
-        """Image size and normalisation from the processor config, read without loading weights."""
-        processor = self.processor or load_image_processor(self.model_id)
-        keys = ("size", "crop_size", "do_center_crop", "do_resize", "resample", "image_mean", "image_std",
-                "rescale_factor", "do_normalize")
-        return {k: getattr(processor, k) for k in keys if hasattr(processor, k)}
+        """The processor config, read without loading weights."""
+        if self.processor is None:
+            self.processor = load_image_processor(self.model_id)
+        return processor_summary(self.processor)
 
     def load_vision_model(self, runtime: Runtime):
         from transformers import AutoModel

@@ -18,6 +18,11 @@ ENCODERS: dict[str, str] = {
     "effnet": "feat.extract.effnet:EfficientNetLite0Encoder",
     "hf-text": "feat.extract.hf_text:HFTextEncoder",
     "hf-vision": "feat.extract.hf_vision:HFVisionEncoder",
+    "clip-text": "feat.extract.clip_text:ClipTextEncoder",
+    "clip-image": "feat.extract.clip_image:ClipImageEncoder",
+    "blip-itm": "feat.extract.blip_itm:BlipItmEncoder",
+    "flava": "feat.extract.flava:FlavaEncoder",
+    "vilt": "feat.extract.vilt:ViltEncoder",
 }
 
 

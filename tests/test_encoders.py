@@ -1,0 +1,414 @@
+"""Every encoder against transformers itself, on tiny saved checkpoints (tests/tiny_models.py).
+
+The stored vector must equal a direct forward of the saved model: an encoder that loaded a tower with random
+weights, pooled the wrong token, preprocessed differently or put rows back in the wrong order fails here.
+References are computed one text at a time (no padding at all), so they also check dynamic padding and
+length sorting in the runner.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from feat.cache import FeatureCache
+from feat.errors import FeatError, InputError
+from feat.extract.base import EncoderOptions, JointEncoder, Runtime
+from feat.extract.registry import ENCODERS, create_encoder
+from helpers import cli, text_table
+
+ATOL = 1e-5
+
+# Registry name -> tiny checkpoint of tests/tiny_models.py (None: the encoder's own offline default) and the
+# vector size it gives (None: depends on the data).
+CASES = {
+    "deberta": ("deberta", 32), "blip": ("blip", 32), "align": ("align", 16), "hf-text": ("bert", 32),
+    "hf-vision": ("resnet", 32), "clip-text": ("clip", 24), "clip-image": ("clip", 24),
+    "blip-itm": ("blip", 32), "flava": ("flava", 32), "vilt": ("vilt", 32),
+    "minilm": (None, 384), "effnet": (None, 1280), "tfidf": (None, None),
+}
+JOINT = {"blip-itm", "flava", "vilt"}
+
+
+# ----- helpers ------------------------------------------------------------------------------------------------
+
+def extract_rows(data: Path, cache: Path, encoder: str, model: Path | None = None, *options: str):
+    """`feat extract DATA --encoder E [--model M] --cache C`, then the stored rows."""
+    model_args = ["--model", model] if model else []
+    cli("extract", data, "--encoder", encoder, *model_args, "--cache", cache, "--device", "cpu",
+        "--batch-size", "8", *options)
+    return FeatureCache(cache).read(encoder).rows
+
+
+def table(csv: Path) -> pd.DataFrame:
+    frame = pd.read_csv(csv, keep_default_na=False)
+    frame["image_path"] = [str(csv.parent / name) for name in frame["image"]]
+    return frame
+
+
+def open_rgb(paths) -> list:
+    from PIL import Image
+
+    return [Image.open(p).convert("RGB") for p in paths]
+
+
+def assert_close_and_distinct(stored: np.ndarray, reference: np.ndarray) -> None:
+    """Equal to the reference, and not a constant vector (which would match any equally broken reference)."""
+    assert stored.shape == reference.shape
+    np.testing.assert_allclose(stored, reference, atol=ATOL, rtol=0)
+    assert np.ptp(reference, axis=0).max() > 1e-3, "tiny model maps every input to the same vector"
+
+
+def loaded_checked(model_class, folder: Path):
+    """The reference model, loaded directly; a tiny checkpoint missing weights would make the test moot."""
+    model, info = model_class.from_pretrained(folder, output_loading_info=True)
+    assert not info["missing_keys"], info["missing_keys"]
+    return model.eval()
+
+
+def direct_text(model_class, folder: Path, texts: list[str], pooling: str, max_length: int = 128) -> np.ndarray:
+    import torch
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = loaded_checked(model_class, folder)
+    vectors = []
+    with torch.no_grad():
+        for text in texts:
+            out = model(**tokenizer(text, truncation=True, max_length=max_length, return_tensors="pt"))
+            states = out.last_hidden_state[0]
+            vectors.append({"cls": states[0], "mean": states.mean(0), "pooler": getattr(out, "pooler_output",
+                                                                                        None)}[pooling].flatten())
+    return torch.stack(vectors).numpy()
+
+
+def joint_inputs(encoder: JointEncoder, paths: list[str]):
+    """Pixels as the runner feeds them: decoded by feat, transformed by the encoder, stacked."""
+    import torch
+
+    from feat.extract.images import decode_image
+
+    transform = encoder.transform()
+    return torch.stack([transform(decode_image(p)[0]) for p in paths])
+
+
+def loaded_encoder(name: str, model: Path, **options):
+    encoder = create_encoder(name, EncoderOptions(model=str(model), **options))
+    encoder.load(Runtime())
+    return encoder
+
+
+# ----- DeBERTa ------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("pooling", ["cls", "mean"])
+def test_deberta_stores_a_direct_forward(tmp_path, tiny_model, synthetic_csv, pooling):
+    from transformers import DebertaV2Model
+
+    folder = tiny_model("deberta")
+    rows = extract_rows(synthetic_csv, tmp_path / "c", "deberta", folder, "--pooling", pooling)
+    frame = table(synthetic_csv)
+    assert list(rows.ids) == list(frame["id"])
+    assert_close_and_distinct(rows.matrix, direct_text(DebertaV2Model, folder, list(frame["text"]), pooling))
+
+
+def test_deberta_tokenizer_is_the_sentencepiece_model(tiny_model, synthetic_csv):
+    """transformers 5 builds the DeBERTa tokenizer from spm.model; a wrong conversion maps text to [UNK]."""
+    import sentencepiece
+
+    folder = tiny_model("deberta")
+    encoder = loaded_encoder("deberta", folder)
+    pieces = sentencepiece.SentencePieceProcessor(model_file=str(folder / "spm.model"))
+    for text in table(synthetic_csv)["text"][:8]:
+        ids = encoder.tokenizer(text)["input_ids"]
+        assert encoder.tokenizer.convert_ids_to_tokens(ids)[1:-1] == pieces.encode(text, out_type=str)
+
+
+# ----- hf-text and text order ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("pooling", ["cls", "mean", "pooler"])
+def test_hf_text_stores_a_direct_forward(tmp_path, tiny_model, synthetic_csv, pooling):
+    from transformers import BertModel
+
+    folder = tiny_model("bert")
+    rows = extract_rows(synthetic_csv, tmp_path / "c", "hf-text", folder, "--pooling", pooling)
+    texts = list(table(synthetic_csv)["text"])
+    assert_close_and_distinct(rows.matrix, direct_text(BertModel, folder, texts, pooling))
+
+
+def test_sorted_padded_batches_come_back_in_input_order(tmp_path, tiny_model):
+    """Texts of very different lengths in batches of 8: each stored row equals that text encoded alone."""
+    folder = tiny_model("bert")
+    csv = text_table(tmp_path / "texts.csv", rows=30, max_words=40)
+    frame = pd.read_csv(csv, keep_default_na=False)
+    rows = extract_rows(csv, tmp_path / "c", "hf-text", folder, "--pooling", "mean")
+    assert list(rows.ids) == list(frame["id"])
+    encoder = loaded_encoder("hf-text", folder, pooling="mean")
+    alone = np.concatenate([encoder.encode_texts([text]) for text in frame["text"]])
+    lengths = encoder.token_lengths(list(frame["text"]))
+    assert sorted(lengths) != lengths, "the texts must arrive unsorted for this test to mean anything"
+    assert_close_and_distinct(rows.matrix, alone)
+
+
+def test_max_length_beyond_the_model_is_refused(tmp_path, tiny_model):
+    """A --max-length past the model's position table would crash mid-run (or extrapolate silently)."""
+    folder = tmp_path / "bert"
+    shutil.copytree(tiny_model("bert"), folder)
+    config = json.loads((folder / "tokenizer_config.json").read_text())
+    (folder / "tokenizer_config.json").write_text(json.dumps({**config, "model_max_length": 128}))
+    with pytest.raises(InputError, match="--max-length 300 exceeds"):
+        loaded_encoder("hf-text", folder, max_length=300)
+
+
+# ----- vision towers ------------------------------------------------------------------------------------------
+
+def direct_vision(kind: str, folder: Path, paths: list[str]) -> np.ndarray:
+    import torch
+    import transformers as t
+
+    model_class, processor_class = {"blip": (t.BlipForImageTextRetrieval, t.BlipImageProcessorPil),
+                                    "align": (t.AlignModel, t.EfficientNetImageProcessorPil),
+                                    "resnet": (t.ResNetModel, t.ConvNextImageProcessorPil)}[kind]
+    model = loaded_checked(model_class, folder)
+    tower = model if kind == "resnet" else model.vision_model
+    pixels = processor_class.from_pretrained(folder)(images=open_rgb(paths), return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        return tower(pixel_values=pixels).pooler_output.flatten(1).numpy()
+
+
+@pytest.mark.parametrize("encoder,kind", [("blip", "blip"), ("align", "align"), ("hf-vision", "resnet")])
+def test_vision_tower_stores_a_direct_forward(tmp_path, tiny_model, synthetic_csv, encoder, kind):
+    folder = tiny_model(kind)
+    rows = extract_rows(synthetic_csv, tmp_path / "c", encoder, folder)
+    frame = table(synthetic_csv)
+    assert list(rows.ids) == list(frame["id"])
+    assert_close_and_distinct(rows.matrix, direct_vision(kind, folder, list(frame["image_path"])))
+
+
+def test_every_preprocessing_field_is_in_the_fingerprint(tmp_path, tiny_model):
+    """crop_pct (ConvNeXt/ResNet processors) changes every pixel; a changed value must not reuse a cache."""
+    folder = tmp_path / "resnet"
+    shutil.copytree(tiny_model("resnet"), folder)
+    before = create_encoder("hf-vision", EncoderOptions(model=str(folder))).fingerprint(Runtime(), "float32")
+    config = json.loads((folder / "preprocessor_config.json").read_text())
+    (folder / "preprocessor_config.json").write_text(json.dumps({**config, "crop_pct": 0.5}))
+    after = create_encoder("hf-vision", EncoderOptions(model=str(folder))).fingerprint(Runtime(), "float32")
+    assert before["preprocessing"] != after["preprocessing"]
+
+
+# ----- CLIP ---------------------------------------------------------------------------------------------------
+
+def test_clip_text_stores_the_projected_text_embedding(tmp_path, tiny_model, synthetic_csv):
+    import torch
+    from transformers import AutoTokenizer, CLIPModel
+
+    folder = tiny_model("clip")
+    rows = extract_rows(synthetic_csv, tmp_path / "c", "clip-text", folder)
+    model, tokenizer = loaded_checked(CLIPModel, folder), AutoTokenizer.from_pretrained(folder)
+    with torch.no_grad():
+        reference = torch.cat([model.get_text_features(**tokenizer(text, return_tensors="pt")).pooler_output
+                               for text in table(synthetic_csv)["text"]]).numpy()
+    assert_close_and_distinct(rows.matrix, reference)
+
+
+def test_clip_image_stores_the_projected_image_embedding(tmp_path, tiny_model, synthetic_csv):
+    import torch
+    from transformers import CLIPImageProcessorPil, CLIPModel
+
+    folder = tiny_model("clip")
+    rows = extract_rows(synthetic_csv, tmp_path / "c", "clip-image", folder)
+    pixels = CLIPImageProcessorPil.from_pretrained(folder)(images=open_rgb(table(synthetic_csv)["image_path"]),
+                                                           return_tensors="pt")["pixel_values"]
+    with torch.no_grad():
+        reference = loaded_checked(CLIPModel, folder).get_image_features(pixel_values=pixels).pooler_output.numpy()
+    assert_close_and_distinct(rows.matrix, reference)
+
+
+# ----- joint encoders (encoder level: the runner has no joint dispatch yet) -------------------------------------
+
+def test_blip_itm_is_the_cls_state_of_the_itm_pass(tiny_model, synthetic_csv):
+    import torch
+    from transformers import BlipForImageTextRetrieval
+
+    folder = tiny_model("blip")
+    frame = table(synthetic_csv).head(8)
+    encoder = loaded_encoder("blip-itm", folder)
+    pixels = joint_inputs(encoder, list(frame["image_path"]))
+    stored = encoder.encode_pairs(list(frame["text"]), pixels)
+    model = loaded_checked(BlipForImageTextRetrieval, folder)
+    tokens = encoder.tokenizer(list(frame["text"]), padding=True, return_tensors="pt")
+    with torch.no_grad():
+        out = model(input_ids=tokens["input_ids"], attention_mask=tokens["attention_mask"], pixel_values=pixels,
+                    use_itm_head=True)
+    assert_close_and_distinct(stored, out.question_embeds[:, 0].numpy())
+
+
+@pytest.mark.parametrize("pooling", ["cls", "pooler"])
+def test_flava_is_the_multimodal_embedding(tiny_model, synthetic_csv, pooling):
+    import torch
+    from transformers import AutoTokenizer, FlavaImageProcessorPil, FlavaModel
+
+    folder = tiny_model("flava")
+    frame = table(synthetic_csv).head(8)
+    encoder = loaded_encoder("flava", folder, pooling=pooling)
+    stored = encoder.encode_pairs(list(frame["text"]), joint_inputs(encoder, list(frame["image_path"])))
+    model = loaded_checked(FlavaModel, folder)
+    pixels = FlavaImageProcessorPil.from_pretrained(folder)(images=open_rgb(frame["image_path"]),
+                                                            return_tensors="pt")["pixel_values"]
+    reference = []
+    with torch.no_grad():
+        for text, image in zip(frame["text"], pixels):
+            out = model(**AutoTokenizer.from_pretrained(folder)(text, return_tensors="pt"), pixel_values=image[None])
+            reference.append(out.multimodal_embeddings[0, 0] if pooling == "cls" else out.multimodal_output.pooler_output[0])
+    assert_close_and_distinct(stored, torch.stack(reference).numpy())
+
+
+def test_vilt_matches_a_processor_padded_batch(tmp_path, tiny_model, synthetic_csv):
+    """Images of three aspect ratios: feat's fixed canvas with a mask channel equals ViLT's own batch padding."""
+    import torch
+    from PIL import Image
+    from transformers import AutoTokenizer, ViltImageProcessorPil, ViltModel
+
+    folder = tiny_model("vilt")
+    frame = table(synthetic_csv).head(6)
+    paths = []
+    for i, (path, size) in enumerate(zip(frame["image_path"], [(48, 80), (80, 48), (60, 60)] * 2)):
+        paths.append(tmp_path / f"{i}.png")
+        Image.open(path).convert("RGB").resize(size).save(paths[-1])
+    texts = list(frame["text"])
+    encoder = loaded_encoder("vilt", folder)
+    stored = encoder.encode_pairs(texts, joint_inputs(encoder, paths))
+    images = ViltImageProcessorPil.from_pretrained(folder)(images=open_rgb(paths), return_tensors="pt")
+    assert images["pixel_mask"].float().mean() < 1, "the images must need padding for this test to mean anything"
+    model = loaded_checked(ViltModel, folder)
+    with torch.no_grad():
+        out = model(**AutoTokenizer.from_pretrained(folder)(texts, padding=True, return_tensors="pt"), **images)
+    assert_close_and_distinct(stored, out.pooler_output.numpy())
+
+
+@pytest.mark.parametrize("name", sorted(JOINT))
+def test_joint_encoder_shape_and_determinism(tiny_model, synthetic_csv, name):
+    frame = table(synthetic_csv)
+    texts, paths = list(frame["text"]), list(frame["image_path"])
+    runs = []
+    for _ in range(2):  # a fresh encoder each time: nothing may carry over but the saved weights
+        encoder = loaded_encoder(name, tiny_model(CASES[name][0]))
+        runs.append(np.concatenate([encoder.encode_pairs(texts[i:i + 8], joint_inputs(encoder, paths[i:i + 8]))
+                                    for i in range(0, len(texts), 8)]))
+    assert runs[0].shape == (len(frame), CASES[name][1]) and runs[0].dtype == np.float32
+    assert np.isfinite(runs[0]).all()
+    assert runs[0].tobytes() == runs[1].tobytes()
+
+
+def test_joint_row_hash_follows_text_and_image():
+    encoder = create_encoder("blip-itm")
+    base = encoder.row_hash("a caption", "digest-1")
+    assert base != encoder.row_hash("another caption", "digest-1")
+    assert base != encoder.row_hash("a caption", "digest-2")
+    assert base == create_encoder("flava").row_hash("a caption", "digest-1")
+
+
+# ----- refusing random weights ----------------------------------------------------------------------------------
+
+def copy_without(folder: Path, tensor: str, into: Path) -> Path:
+    """A copy of a saved checkpoint with one tensor deleted, as a truncated or hand-edited file would be."""
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(folder, into)
+    weights = load_file(into / "model.safetensors")
+    del weights[tensor]
+    save_file(weights, into / "model.safetensors", metadata={"format": "pt"})
+    return into
+
+
+def test_missing_weights_refused_by_the_cli_and_nothing_stored(tmp_path, tiny_model, synthetic_csv):
+    """The reference pitfall: a BLIP vision tower saved alone, given to `align`, must not load randomly."""
+    result = cli("extract", synthetic_csv, "--encoder", "align", "--model", tiny_model("blip-vision-only"),
+                 "--cache", tmp_path / "c", "--device", "cpu", expect=1)
+    assert "would be random" in result.output and "AlignModel" in result.output
+    assert FeatureCache(tmp_path / "c").fingerprint("align") is None
+
+
+@pytest.mark.parametrize("encoder,model,error,message", [
+    ("blip", "blip-vision-only", FeatError, "BlipForImageTextRetrieval: .* would be random"),
+    ("align", "blip", FeatError, "AlignModel: .* would be random"),
+    ("blip-itm", "align", FeatError, "would be random"),
+    ("clip-image", "blip", FeatError, "BlipModel: .* would be random"),
+    ("clip-image", "blip-vision-only", FeatError, "could not load model .*BlipVisionConfig"),
+    ("clip-text", "bert", InputError, "not a CLIP-family"),
+    ("deberta", "bert", InputError, "needs a deberta-v2 or deberta checkpoint"),
+])
+def test_wrong_checkpoint_is_refused(tiny_model, encoder, model, error, message):
+    with pytest.raises(error, match=message):
+        loaded_encoder(encoder, tiny_model(model))
+
+
+@pytest.mark.parametrize("encoder,checkpoint,tensor", [
+    ("hf-text", "bert", "encoder.layer.1.attention.self.query.weight"),
+    ("deberta", "deberta", "encoder.layer.0.attention.self.query_proj.weight"),
+    ("hf-vision", "resnet", "embedder.embedder.convolution.weight"),
+    ("clip-text", "clip", "text_projection.weight"),
+    ("clip-image", "clip", "visual_projection.weight"),
+    ("blip-itm", "blip", "text_encoder.encoder.layer.0.crossattention.self.query.weight"),
+    ("flava", "flava", "text_to_mm_projection.weight"),
+    ("vilt", "vilt", "pooler.dense.weight"),
+])
+def test_checkpoint_with_a_deleted_tensor_is_refused(tmp_path, tiny_model, encoder, checkpoint, tensor):
+    folder = copy_without(tiny_model(checkpoint), tensor, tmp_path / checkpoint)
+    with pytest.raises(FeatError, match=f"1 would be random \\({re.escape(tensor)}\\)"):
+        loaded_encoder(encoder, folder)
+
+
+def test_missing_model_folder_is_one_clear_error(tmp_path):
+    with pytest.raises(InputError, match="does not exist"):
+        loaded_encoder("hf-text", tmp_path / "nowhere")
+
+
+# ----- every registered encoder ---------------------------------------------------------------------------------
+
+def test_every_registered_encoder_is_tested():
+    assert set(CASES) == set(ENCODERS)
+
+
+# strict: once runner.py dispatches JointEncoder, these pass and the mark must go.
+NO_JOINT_DISPATCH = pytest.mark.xfail(strict=True, raises=AssertionError,
+                                      reason="runner.py has no JointEncoder dispatch yet")
+
+
+@pytest.mark.parametrize("name", [pytest.param(n, marks=NO_JOINT_DISPATCH) if n in JOINT else n for n in sorted(CASES)])
+def test_registered_encoder_rows_shape_and_determinism(tmp_path, tiny_model, small_synthetic_csv, name):
+    checkpoint, dim = CASES[name]
+    model = tiny_model(checkpoint) if checkpoint else None
+    first = extract_rows(small_synthetic_csv, tmp_path / "a", name, model)
+    second = extract_rows(small_synthetic_csv, tmp_path / "b", name, model)
+    ids = list(table(small_synthetic_csv)["id"])
+    assert list(first.ids) == ids and first.matrix.shape[0] == len(ids) and first.valid.all()
+    if dim is not None:
+        assert first.matrix.shape[1] == dim
+    assert matrix_bytes(first.matrix) == matrix_bytes(second.matrix)
+    values = first.matrix.data if hasattr(first.matrix, "indptr") else first.matrix
+    assert np.isfinite(values).all() and np.abs(values).max() > 0
+
+
+def matrix_bytes(matrix) -> bytes:
+    if hasattr(matrix, "indptr"):  # CSR (tfidf)
+        return matrix.data.tobytes() + matrix.indices.tobytes() + matrix.indptr.tobytes()
+    return np.ascontiguousarray(matrix).tobytes()
+
+
+# ----- the real offline encoders --------------------------------------------------------------------------------
+
+def test_minilm_equals_sentence_transformers(tmp_path, synthetic_csv):
+    from sentence_transformers import SentenceTransformer
+
+    from feat.extract.minilm import packaged_model_path
+
+    rows = extract_rows(synthetic_csv, tmp_path / "c", "minilm")
+    texts = list(table(synthetic_csv)["text"])
+    reference = SentenceTransformer(packaged_model_path(), device="cpu").encode(texts, convert_to_numpy=True)
+    assert_close_and_distinct(rows.matrix, reference)
