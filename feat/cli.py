@@ -113,6 +113,130 @@ def encoders():
         typer.echo(f"{name:10s} {target}")
 
 
+# ----- Stage 2: fusion heads on cached features -------------------------------------------------------
+Label = Annotated[str, typer.Option(help="Label column of the data (stored in the cache's items).")]
+Metric = Annotated[str, typer.Option(help="Dev metric for early stopping: auto (f1 of the positive class = "
+                                          "second sorted label for 2 classes, macro_f1 otherwise) | f1 | "
+                                          "macro_f1 | accuracy | auroc | loss.")]
+Patience = Annotated[int, typer.Option(help="Epochs without dev improvement before stopping.")]
+Epochs = Annotated[int, typer.Option(help="Maximum epochs.")]
+BatchSize = Annotated[int, typer.Option(help="Train batch size.")]
+Lr = Annotated[float, typer.Option(help="AdamW peak learning rate.")]
+WeightDecay = Annotated[float, typer.Option(help="AdamW weight decay.")]
+Warmup = Annotated[float, typer.Option(help="Fraction of steps with linear warm-up (then linear decay).")]
+CommonDim = Annotated[int, typer.Option(help="Width every input is projected to (Identity when equal).")]
+Dropout = Annotated[float, typer.Option(help="Dropout of the classifier and fusion layers.")]
+Depth = Annotated[int, typer.Option(help="intermediate: layers per input branch.")]
+Width = Annotated[int, typer.Option(help="intermediate: units per branch layer.")]
+ClassWeights = Annotated[str, typer.Option(help="none | balanced (loss weights n / (k * n_c) from train).")]
+Missing = Annotated[str, typer.Option(help="Rows the cache marks invalid: drop | zero (zero-filled + a "
+                                           "missing-indicator column per input). Counts are reported.")]
+Standardize = Annotated[bool, typer.Option(help="Z-score inputs with train-only statistics.")]
+
+
+def _head_train(strategy, common_dim, dropout, depth, width, seed, epochs, batch_size, lr, weight_decay, warmup,
+                patience, metric, class_weights, standardize, missing):
+    from feat.fuse.config import HeadConfig, TrainConfig
+
+    return (HeadConfig(strategy=strategy, common_dim=common_dim, dropout=dropout, depth=depth, width=width),
+            TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup=warmup,
+                        patience=patience, metric=metric, class_weights=class_weights, standardize=standardize,
+                        missing=missing, seed=seed))
+
+
+def _strategy_help() -> str:
+    from feat.fuse.registry import strategy_help
+
+    return f"Fusion strategy. {strategy_help()}."
+
+
+def _split_features(value: str) -> list[str]:
+    return [f.strip() for f in value.split(",") if f.strip()]
+
+
+@app.command()
+@_friendly_errors
+def fuse(
+    features: Annotated[str, typer.Option(help="Comma-separated feature sets of the cache, one head input each.")],
+    cache: CacheDir = Path("feat-cache"),
+    strategy: Annotated[str, typer.Option(help=_strategy_help())] = "proj_concat",
+    label: Label = "label",
+    seed: Annotated[int, typer.Option(help="Seed of init, dropout and batch order.")] = 0,
+    out: Annotated[Path, typer.Option(help="Run folder to write.")] = Path("feat-run"),
+    metric: Metric = "auto", patience: Patience = 5, epochs: Epochs = 15, batch_size: BatchSize = 64,
+    lr: Lr = 1e-3, weight_decay: WeightDecay = 1e-4, warmup: Warmup = 0.1, common_dim: CommonDim = 768,
+    dropout: Dropout = 0.1, depth: Depth = 1, width: Width = 256, class_weights: ClassWeights = "none",
+    missing: Missing = "drop", standardize: Standardize = True,
+):
+    """Train one fusion head on cached features; writes config, weights, metrics, predictions and a plot."""
+    from feat.console import console
+    from feat.fuse.run import FuseSpec, run_fuse
+
+    head, train = _head_train(strategy, common_dim, dropout, depth, width, seed, epochs, batch_size, lr,
+                              weight_decay, warmup, patience, metric, class_weights, standardize, missing)
+    result = run_fuse(FuseSpec(cache, _split_features(features), label, out, head, train))
+    m = result.metrics
+    console.print(f"{strategy} on {features}, seed {seed}: best epoch {m['best_epoch']}, "
+                  f"dev {result.metric} {m['dev'][result.metric]:.4f}, test {result.metric} "
+                  f"{m['test'][result.metric]:.4f}, test accuracy {m['test']['accuracy']:.4f} "
+                  f"({m['train_seconds']:.1f} s) -> {result.out}")
+
+
+@app.command()
+@_friendly_errors
+def evaluate(
+    run: Annotated[Path, typer.Argument(help="Run folder written by `feat fuse` (or an ablation run).")],
+    split: Annotated[str, typer.Option(help="train | dev | test")] = "dev",
+    cache: Annotated[Optional[Path], typer.Option("--cache", "-c", help="Cache folder (default: the run's).")] = None,
+):
+    """Recompute a run's metrics from its saved head and the cache; they must equal metrics.json."""
+    import json
+
+    from feat.console import console
+    from feat.errors import FeatError
+    from feat.fuse.run import evaluate_run
+
+    result = evaluate_run(run, split, cache)
+    typer.echo(json.dumps(result.metrics, indent=2))
+    if result.saved is None:
+        console.print(f"(metrics.json has no '{split}' entry to compare with)")
+    elif result.identical:
+        console.print(f"[green]identical to {run / 'metrics.json'} ({split})")
+    else:
+        raise FeatError(f"recomputed {split} metrics differ from {run / 'metrics.json'}")
+
+
+@app.command()
+@_friendly_errors
+def ablate(
+    features: Annotated[list[str], typer.Option(help="A feature set (comma-separated for several inputs); "
+                                                    "repeat, e.g. --features minilm --features minilm,effnet.")],
+    cache: CacheDir = Path("feat-cache"),
+    strategies: Annotated[list[str], typer.Option(help="Strategies for the multi-input sets: all | reference "
+                                                      "(the five reference heads) | names, comma-separated or "
+                                                      "repeated. Unimodal baselines run automatically.")] = ["all"],
+    seeds: Annotated[int, typer.Option(help="Seeds per configuration (0 .. N-1).")] = 5,
+    label: Label = "label",
+    out: Annotated[Path, typer.Option(help="Ablation folder (re-running resumes it).")] = Path("feat-ablation"),
+    workers: Annotated[int, typer.Option(help="Worker processes (one torch thread each).")] = 2,
+    curves: Annotated[bool, typer.Option(help="Write a learning_curve.png per run.")] = True,
+    metric: Metric = "auto", patience: Patience = 5, epochs: Epochs = 15, batch_size: BatchSize = 64,
+    lr: Lr = 1e-3, weight_decay: WeightDecay = 1e-4, warmup: Warmup = 0.1, common_dim: CommonDim = 768,
+    dropout: Dropout = 0.1, depth: Depth = 1, width: Width = 256, class_weights: ClassWeights = "none",
+    missing: Missing = "drop", standardize: Standardize = True,
+):
+    """Every strategy x feature set x seed plus unimodal baselines; summary with CIs, paired tests, plots."""
+    from feat.console import console
+    from feat.fuse.ablate import AblateSpec, run_ablation
+
+    head, train = _head_train("single", common_dim, dropout, depth, width, 0, epochs, batch_size, lr,
+                              weight_decay, warmup, patience, metric, class_weights, standardize, missing)
+    summary = run_ablation(AblateSpec(cache, [_split_features(f) for f in features], strategies, seeds, label,
+                                      out, head, train, workers, curves))
+    typer.echo(summary.markdown)
+    console.print(f"report: {summary.out / 'summary.md'}; best run: {summary.out / summary.best_run}")
+
+
 @app.command()
 @_friendly_errors
 def demo(

@@ -1,0 +1,157 @@
+"""Labels and feature matrices of a cache, loaded into memory once, and the train-only standardisation.
+
+Rows follow the cache's item order. Rows are removed here, never later, so that every run on the same
+`FusionData` (an ablation) sees exactly the same dev and test items:
+- rows whose label is empty (reported per split);
+- with `missing="drop"`, rows invalid in any of `valid_from` (the features of the whole ablation).
+With `missing="zero"` invalid rows stay; `prepare` zeroes them after standardisation and appends a
+0/1 missing-indicator column to each input.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import numpy as np
+import scipy.sparse as sp
+
+from feat.cache import FeatureCache, fingerprint_id
+from feat.errors import FeatError, InputError
+
+SPLITS = ("train", "dev", "test")
+
+
+@dataclass
+class FusionData:
+    features: list[str]
+    ids: np.ndarray  # (n,) item ids
+    split: np.ndarray  # (n,) train | dev | test
+    y: np.ndarray  # (n,) int64 index into `classes`
+    classes: list[str]  # sorted train labels; for 2 classes the second is the positive class
+    matrices: dict[str, np.ndarray | sp.csr_matrix]  # raw cached rows, float32
+    valid: dict[str, np.ndarray]  # (n,) bool per feature
+    fingerprints: dict[str, dict]  # {"id": ..., "fingerprint": {...}} per feature
+    report: dict = field(default_factory=dict)  # rows dropped and why, rows per split
+
+    def rows(self, split: str) -> np.ndarray:
+        return np.flatnonzero(self.split == split)
+
+    def select(self, features: list[str]) -> "FusionData":
+        """The same rows restricted to some of the loaded features (ablation runs share one load)."""
+        return FusionData(list(features), self.ids, self.split, self.y, self.classes,
+                          {f: self.matrices[f] for f in features}, {f: self.valid[f] for f in features},
+                          {f: self.fingerprints[f] for f in features}, self.report)
+
+    def items_digest(self) -> str:
+        """Which items, in which split, with which label: part of a run's identity."""
+        digest = hashlib.sha256()
+        for item, split, label in zip(self.ids, self.split, self.y):
+            digest.update(f"{item}\x1f{split}\x1f{self.classes[label]}\x1e".encode("utf-8", "surrogatepass"))
+        return digest.hexdigest()[:16]
+
+
+def load_data(cache_dir, features: list[str], label: str, missing: str = "drop",
+              valid_from: list[str] | None = None, classes: list[str] | None = None) -> FusionData:
+    """Read items and feature sets once. `classes` (from a saved run) pins the label order."""
+    if not features:
+        raise InputError("no features given (e.g. --features minilm,effnet)")
+    if len(set(features)) != len(features):
+        raise InputError(f"a feature set is listed twice: {', '.join(features)}")
+    cache = FeatureCache(cache_dir)
+    items = cache.read_items()
+    if label not in items.columns:
+        extra = [c for c in items.columns if c not in ("id", "split", "text", "image", "image_path", "image_error")]
+        raise InputError(f"label column '{label}' is not in the cache's items (columns: {', '.join(extra) or 'none'})")
+    matrices, valid, prints = {}, {}, {}
+    for name in dict.fromkeys([*features, *(valid_from or [])]):
+        fs = cache.read(name)
+        if len(fs.rows.ids) != len(items) or not np.array_equal(fs.rows.ids, items["id"].to_numpy(dtype=object)):
+            raise FeatError(f"feature set '{name}' is not aligned with the cache's items; re-run `feat extract`")
+        matrix = fs.rows.matrix
+        matrices[name] = matrix.astype(np.float32) if matrix.dtype != np.float32 else matrix
+        valid[name] = fs.rows.valid.astype(bool)
+        prints[name] = {"id": fingerprint_id(fs.fingerprint), "fingerprint": fs.fingerprint}
+
+    labels = items[label].fillna("").astype(str).str.strip().to_numpy(dtype=object)
+    split = items["split"].to_numpy(dtype=object)
+    keep = labels != ""
+    report = {"unlabelled_dropped": {s: int(((~keep) & (split == s)).sum()) for s in SPLITS}}
+    if missing == "drop":
+        ok = np.logical_and.reduce([valid[f] for f in dict.fromkeys([*features, *(valid_from or [])])])
+        report["invalid_dropped"] = {s: int((keep & ~ok & (split == s)).sum()) for s in SPLITS}
+        keep &= ok
+    elif missing == "zero":
+        report["invalid_zeroed"] = {f: {s: int((keep & ~valid[f] & (split == s)).sum()) for s in SPLITS}
+                                    for f in features}
+    else:
+        raise InputError(f"--missing must be drop or zero, not '{missing}'")
+
+    classes = classes or sorted(set(labels[keep & (split == "train")]))
+    if len(classes) < 2:
+        raise InputError(f"label '{label}' has {len(classes)} distinct value(s) in the train split; need at least 2")
+    known = set(classes)
+    unseen = sorted(set(labels[keep]) - known)
+    if unseen:
+        where = sorted(set(split[keep & np.isin(labels, unseen)]))
+        raise InputError(f"label '{label}': value(s) {unseen[:5]} in {'/'.join(where)} never occur in train "
+                         f"(train classes: {', '.join(classes)})")
+    index = np.flatnonzero(keep)
+    position = {c: i for i, c in enumerate(classes)}
+    data = FusionData(list(features), items["id"].to_numpy(dtype=object)[index], split[index],
+                      np.array([position[c] for c in labels[index]], dtype=np.int64), list(classes),
+                      {f: m[index] for f, m in matrices.items()}, {f: v[index] for f, v in valid.items()},
+                      prints, report)
+    report["rows"] = {s: int((data.split == s).sum()) for s in SPLITS}
+    for s in SPLITS:
+        if report["rows"][s] == 0:
+            raise InputError(f"no labelled, usable rows in the {s} split (label '{label}'); "
+                             "fusion needs train, dev (early stopping) and test")
+    return data
+
+
+def fit_stats(data: FusionData) -> dict[str, dict[str, np.ndarray]]:
+    """Per-input mean and scale from the valid TRAIN rows only (float32, what `prepare` applies).
+
+    Sparse inputs are only scaled (mean 0): centring would densify them, as in sklearn's with_mean=False.
+    """
+    train = data.rows("train")
+    stats = {}
+    for f in data.features:
+        rows = train[data.valid[f][train]]
+        matrix = data.matrices[f][rows]
+        if sp.issparse(matrix):
+            mean = np.asarray(matrix.mean(axis=0), dtype=np.float64).ravel()
+            var = np.asarray(matrix.multiply(matrix).mean(axis=0), dtype=np.float64).ravel() - mean ** 2
+            mean = np.zeros_like(mean)
+        else:
+            mean = matrix.astype(np.float64).mean(axis=0)
+            var = matrix.astype(np.float64).var(axis=0)
+        scale = np.sqrt(np.maximum(var, 0))
+        scale[scale < 1e-12] = 1.0  # constant columns are left as they are
+        stats[f] = {"mean": mean.astype(np.float32), "scale": scale.astype(np.float32)}
+    return stats
+
+
+def prepare(data: FusionData, stats: dict | None, missing: str) -> list[np.ndarray | sp.csr_matrix]:
+    """The matrices a head sees: standardised with `stats`, invalid rows zeroed + indicator (missing=zero)."""
+    out = []
+    for f in data.features:
+        matrix = data.matrices[f]
+        if stats is not None:
+            mean, scale = stats[f]["mean"], stats[f]["scale"]
+            if sp.issparse(matrix):
+                matrix = sp.csr_matrix(matrix.multiply((1 / scale)[None, :]), dtype=np.float32)
+            else:
+                matrix = (matrix - mean) / scale
+        if missing == "zero":
+            invalid = ~data.valid[f]
+            flag = invalid.astype(np.float32)[:, None]
+            if sp.issparse(matrix):
+                matrix = sp.diags((~invalid).astype(np.float32)) @ matrix
+                matrix = sp.hstack([matrix, sp.csr_matrix(flag)], format="csr", dtype=np.float32)
+            else:
+                matrix = np.where(invalid[:, None], np.float32(0), matrix)
+                matrix = np.hstack([matrix, flag]).astype(np.float32)
+        out.append(matrix if sp.issparse(matrix) else np.ascontiguousarray(matrix, dtype=np.float32))
+    return out

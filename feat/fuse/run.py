@@ -1,0 +1,167 @@
+"""One fusion run (`feat fuse`) and its re-evaluation (`feat evaluate`).
+
+A run folder holds everything needed to rebuild the head and check it against the cache:
+config.json (head + training config, classes, input widths, feature fingerprints, items digest),
+model.safetensors (head weights + the train-only standardisation statistics), history.csv,
+predictions_dev.csv, predictions_test.csv, learning_curve.png, and metrics.json, written last.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from feat import __version__
+from feat.errors import InputError
+from feat.fuse import artifacts as art
+from feat.fuse.config import CLASS_WEIGHTS, MISSING, HeadConfig, TrainConfig, from_dict, to_dict
+from feat.fuse.data import FusionData, fit_stats, load_data, prepare
+from feat.fuse.metrics import resolve_metric
+from feat.fuse.registry import check_inputs, create_head
+from feat.fuse.train import Inputs, deterministic, predict, split_metrics, train
+
+STATS = "__stats__"  # key prefix of the standardisation tensors in model.safetensors
+
+
+@dataclass
+class FuseSpec:
+    cache: Path  # the feature cache folder
+    features: list[str]  # feature sets, one head input each, in this order
+    label: str  # label column of the cache's items
+    out: Path  # the run folder to write
+    head: HeadConfig = field(default_factory=HeadConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    valid_from: list[str] = field(default_factory=list)  # also drop rows invalid in these (ablation: all inputs)
+    curve: bool = True  # draw learning_curve.png
+
+
+@dataclass
+class RunResult:
+    out: Path
+    metrics: dict  # as in metrics.json
+    metric: str  # the selection metric
+
+
+def check_spec(spec: FuseSpec) -> None:
+    """Refuse bad options before any data is read."""
+    check_inputs(spec.head.strategy, len(spec.features))
+    if spec.train.missing not in MISSING:
+        raise InputError(f"--missing must be one of {', '.join(MISSING)}, not '{spec.train.missing}'")
+    if spec.train.class_weights not in CLASS_WEIGHTS:
+        raise InputError(f"--class-weights must be one of {', '.join(CLASS_WEIGHTS)}")
+    resolve_metric(spec.train.metric, 2)
+    if spec.train.epochs < 1 or spec.train.batch_size < 1 or spec.train.patience < 1:
+        raise InputError("--epochs, --batch-size and --patience must be at least 1")
+
+
+def run_fuse(spec: FuseSpec, data: FusionData | None = None) -> RunResult:
+    """Train one head and write its run folder. `data` (already loaded, e.g. by ablate) is reused as is."""
+    check_spec(spec)
+    valid_from = list(dict.fromkeys([*spec.features, *spec.valid_from]))
+    if data is None:
+        data = load_data(spec.cache, valid_from, spec.label, spec.train.missing, valid_from)
+    data = data.select(spec.features)
+    out = Path(spec.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / art.METRICS).unlink(missing_ok=True)  # the folder is incomplete until metrics.json is back
+
+    stats = fit_stats(data) if spec.train.standardize else None
+    inputs = Inputs(prepare(data, stats, spec.train.missing))
+    result = train(spec.head, spec.train, data, inputs)
+    splits = {s: _evaluate_split(result.head, inputs, data, s, spec.train.seed) for s in ("dev", "test")}
+
+    config = {"feat_version": __version__, "cache": str(Path(spec.cache).resolve()), "features": data.features,
+              "label": spec.label, "classes": data.classes, "input_dims": inputs.dims, "metric": result.metric,
+              "valid_from": valid_from, "head": to_dict(spec.head), "train": to_dict(spec.train),
+              "fingerprints": data.fingerprints, "items_digest": data.items_digest(), "data": data.report}
+    art.write_json(out / art.CONFIG, config)
+    tensors = dict(result.head.state_dict())
+    for f, s in (stats or {}).items():
+        tensors[f"{STATS}/{f}/mean"], tensors[f"{STATS}/{f}/scale"] = torch.from_numpy(s["mean"]), torch.from_numpy(s["scale"])
+    art.save_model(out / art.MODEL, tensors, {"format": "pt", "strategy": spec.head.strategy, "feat": __version__})
+    history = pd.DataFrame(result.history)
+    art.write_csv(out / art.HISTORY, history)
+    for s, (_, prob) in splits.items():
+        rows = data.rows(s)
+        art.write_csv(out / f"predictions_{s}.csv", art.predictions_frame(data.ids[rows], data.y[rows], prob, data.classes))
+    if spec.curve:
+        art.learning_curve(out / art.CURVE, history, result.metric, result.best_epoch,
+                           f"{spec.head.strategy} on {'+'.join(data.features)}, seed {spec.train.seed}")
+    metrics = {"dev": splits["dev"][0], "test": splits["test"][0], "best_epoch": result.best_epoch,
+               "seed": spec.train.seed, "train_seconds": round(result.seconds, 3)}
+    art.write_json(out / art.METRICS, metrics)
+    return RunResult(out, metrics, result.metric)
+
+
+def _evaluate_split(head, inputs: Inputs, data: FusionData, split: str, seed: int) -> tuple[dict, np.ndarray]:
+    """Metrics (+ mean learned modality weights) and probabilities of one split; the same code for both
+    the end of training and `feat evaluate`, single-threaded so that the floats are identical."""
+    rows = data.rows(split)
+    with deterministic(seed):
+        metrics, prob = split_metrics(predict(head, inputs, rows), data.y[rows])
+        with torch.no_grad():
+            weights = head.modality_weights(inputs.take(rows))
+    if weights is not None:
+        metrics["modality_weights"] = dict(zip(data.features, weights.mean(dim=0).tolist()))
+    return metrics, prob
+
+
+@dataclass
+class Evaluation:
+    split: str
+    metrics: dict  # recomputed now
+    saved: dict | None  # metrics.json's entry for the split
+    config: dict
+
+    @property
+    def identical(self) -> bool:
+        return self.saved is not None and art._clean(self.metrics) == self.saved
+
+
+def evaluate_run(run_dir: Path, split: str = "dev", cache: Path | None = None) -> Evaluation:
+    """Rebuild the head from a run folder and recompute one split's metrics from the cache."""
+    run_dir = Path(run_dir)
+    if split not in ("train", "dev", "test"):
+        raise InputError(f"--split must be train, dev or test, not '{split}'")
+    if not (run_dir / art.CONFIG).exists() or not (run_dir / art.MODEL).exists():
+        raise InputError(f"{run_dir} is not a complete feat run folder (config.json / model.safetensors missing)")
+    config = art.read_json(run_dir / art.CONFIG)
+    cache = Path(cache or config["cache"])
+    head_cfg, train_cfg = from_dict(HeadConfig, config["head"]), from_dict(TrainConfig, config["train"])
+    _check_fingerprints(cache, config)
+    data = load_data(cache, config["valid_from"], config["label"], train_cfg.missing, config["valid_from"],
+                     classes=config["classes"])
+    if data.items_digest() != config["items_digest"]:
+        raise InputError(f"the items of cache {cache} (ids, splits or '{config['label']}' labels) differ from "
+                         f"the ones run {run_dir} was trained on")
+    data = data.select(config["features"])
+    tensors = art.load_model(run_dir / art.MODEL)
+    stats = None
+    if train_cfg.standardize:
+        stats = {f: {k: tensors.pop(f"{STATS}/{f}/{k}").numpy() for k in ("mean", "scale")} for f in data.features}
+    inputs = Inputs(prepare(data, stats, train_cfg.missing))
+    with deterministic(train_cfg.seed):
+        head = create_head(head_cfg, inputs.dims, len(data.classes))
+    head.load_state_dict(tensors)
+    metrics = _evaluate_split(head, inputs, data, split, train_cfg.seed)[0]
+    saved_all = art.read_json(run_dir / art.METRICS) if (run_dir / art.METRICS).exists() else {}
+    return Evaluation(split, metrics, saved_all.get(split), config)
+
+
+def _check_fingerprints(cache: Path, config: dict) -> None:
+    from feat.cache import FeatureCache, fingerprint_id
+
+    store = FeatureCache(cache)
+    for name, saved in config["fingerprints"].items():
+        current = store.fingerprint(name)
+        if current is None:
+            raise InputError(f"feature set '{name}' of run is not in cache {cache}")
+        if fingerprint_id(current) != saved["id"]:
+            raise InputError(f"feature set '{name}' in cache {cache} has fingerprint {fingerprint_id(current)}, "
+                             f"but the run was trained on {saved['id']} (re-extracted with other settings?); "
+                             "refusing to evaluate on different features")
