@@ -201,6 +201,18 @@ def test_every_preprocessing_field_is_in_the_fingerprint(tmp_path, tiny_model):
     assert before["preprocessing"] != after["preprocessing"]
 
 
+@pytest.mark.parametrize("name,checkpoint", [("hf-text", "bert"), ("deberta", "deberta"), ("blip-itm", "blip")])
+def test_a_changed_tokenizer_changes_the_fingerprint(tmp_path, tiny_model, name, checkpoint):
+    """Same weights, another vocabulary: other vectors, so the cache must not reuse the old ones."""
+    folder = tmp_path / checkpoint
+    shutil.copytree(tiny_model(checkpoint), folder)
+    before = create_encoder(name, EncoderOptions(model=str(folder))).fingerprint(Runtime(), "float32")
+    vocabulary = folder / ("spm.model" if checkpoint == "deberta" else "tokenizer.json")
+    vocabulary.write_bytes(vocabulary.read_bytes() + b" ")
+    after = create_encoder(name, EncoderOptions(model=str(folder))).fingerprint(Runtime(), "float32")
+    assert before["weights"] == after["weights"] and before["preprocessing"] != after["preprocessing"]
+
+
 # ----- CLIP ---------------------------------------------------------------------------------------------------
 
 def test_clip_text_stores_the_projected_text_embedding(tmp_path, tiny_model, synthetic_csv):
@@ -339,8 +351,9 @@ def test_missing_weights_refused_by_the_cli_and_nothing_stored(tmp_path, tiny_mo
     ("align", "blip", FeatError, "AlignModel: .* would be random"),
     ("blip-itm", "align", FeatError, "would be random"),
     ("clip-image", "blip", FeatError, "BlipModel: .* would be random"),
-    ("clip-image", "blip-vision-only", FeatError, "could not load model .*BlipVisionConfig"),
     ("clip-text", "bert", InputError, "not a CLIP-family"),
+    ("hf-text", "clip", InputError, "use --encoder clip-text"),
+    ("hf-vision", "clip", InputError, "use --encoder clip-image"),
     ("deberta", "bert", InputError, "needs a deberta-v2 or deberta checkpoint"),
 ])
 def test_wrong_checkpoint_is_refused(tiny_model, encoder, model, error, message):
@@ -412,3 +425,59 @@ def test_minilm_equals_sentence_transformers(tmp_path, synthetic_csv):
     texts = list(table(synthetic_csv)["text"])
     reference = SentenceTransformer(packaged_model_path(), device="cpu").encode(texts, convert_to_numpy=True)
     assert_close_and_distinct(rows.matrix, reference)
+
+
+# ----- compute dtype --------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", ["hf-text", "deberta", "hf-vision", "blip", "align", "clip-text", "clip-image",
+                                  "blip-itm", "flava", "vilt"])
+def test_bfloat16_compute_gives_float32_vectors_near_float32_compute(tiny_model, synthetic_csv, name):
+    """--dtype bfloat16 (the GPU default): every input and mask must follow the weights' dtype."""
+    frame = table(synthetic_csv).head(4)
+    vectors = {}
+    for dtype in ("float32", "bfloat16"):
+        encoder = create_encoder(name, EncoderOptions(model=str(tiny_model(CASES[name][0]))))
+        encoder.load(Runtime(dtype=dtype))
+        if encoder.modality == "text":
+            vectors[dtype] = encoder.encode_texts(list(frame["text"]))
+        elif encoder.modality == "image":
+            vectors[dtype] = encoder.encode_pixels(joint_inputs(encoder, list(frame["image_path"])))
+        else:
+            vectors[dtype] = encoder.encode_pairs(list(frame["text"]), joint_inputs(encoder, list(frame["image_path"])))
+    assert vectors["bfloat16"].dtype == np.float32
+    scale = np.abs(vectors["float32"]).max()
+    np.testing.assert_allclose(vectors["bfloat16"], vectors["float32"], atol=0.05 * scale, rtol=0)
+
+
+# ----- real data ------------------------------------------------------------------------------------------------
+
+MVSA = Path(__file__).resolve().parents[2] / "shared" / "data" / "mvsa_single" / "data.csv"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not MVSA.exists(), reason=f"{MVSA} is absent")
+def test_real_tweets_and_photos(tmp_path, tiny_model):
+    """Real tweets (emoji, URLs, hashtags) and JPEG photos of any aspect ratio: MiniLM equals
+    sentence-transformers, and ViLT's fixed canvas equals its processor's own batch padding."""
+    import torch
+    from sentence_transformers import SentenceTransformer
+    from transformers import AutoTokenizer, ViltImageProcessorPil, ViltModel
+
+    from feat.extract.minilm import packaged_model_path
+
+    frame = pd.read_csv(MVSA, keep_default_na=False).head(64)
+    subset = frame.assign(image=[str(MVSA.parent / p) for p in frame["image"]])
+    subset.to_csv(tmp_path / "data.csv", index=False)
+    rows = extract_rows(tmp_path / "data.csv", tmp_path / "c", "minilm", None, "--allow-outside-root")
+    reference = SentenceTransformer(packaged_model_path(), device="cpu").encode(list(frame["text"]))
+    assert_close_and_distinct(rows.matrix, reference)
+
+    folder = tiny_model("vilt")
+    texts, paths = list(frame["text"][:16]), list(subset["image"][:16])
+    encoder = loaded_encoder("vilt", folder)
+    stored = encoder.encode_pairs(texts, joint_inputs(encoder, paths))
+    images = ViltImageProcessorPil.from_pretrained(folder)(images=open_rgb(paths), return_tensors="pt")
+    tokens = AutoTokenizer.from_pretrained(folder)(texts, padding=True, truncation=True, max_length=40,
+                                                   return_tensors="pt")
+    with torch.no_grad():
+        assert_close_and_distinct(stored, loaded_checked(ViltModel, folder)(**tokens, **images).pooler_output.numpy())

@@ -89,6 +89,26 @@ def processor_summary(processor) -> dict:
     return json.loads(processor.to_json_string())
 
 
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
+                   "vocab.txt", "vocab.json", "merges.txt", "spm.model", "sentencepiece.bpe.model")
+
+
+def tokenizer_identity(name_or_path: str) -> str:
+    """sha256 of a local folder's tokenizer files: the weights hash does not cover them, and a new vocabulary
+    with the same weights gives other vectors. Hub ids: 'hub' (the snapshot commit in the weights identity
+    covers every file)."""
+    import hashlib
+
+    folder = Path(name_or_path).expanduser()
+    if not folder.is_dir():
+        return "hub"
+    digest = hashlib.sha256()
+    for file in sorted(folder.iterdir()):
+        if file.name in TOKENIZER_FILES:
+            digest.update(file.name.encode() + b"\0" + hashlib.sha256(file.read_bytes()).digest())
+    return f"sha256:{digest.hexdigest()}"
+
+
 def require_model_type(model, allowed: tuple[str, ...], encoder: str, name_or_path: str) -> None:
     """Refuse a checkpoint of another family: its weights would load fully, but it is not what the encoder
     name promises (and its fingerprint would say so only in the model id)."""

@@ -14,7 +14,8 @@ import numpy as np
 
 from feat.errors import InputError
 from feat.extract.base import EncoderOptions, JointEncoder, Runtime
-from feat.extract.hf import from_pretrained_checked, load_image_processor, load_tokenizer, processor_summary
+from feat.extract.hf import (from_pretrained_checked, load_image_processor, load_tokenizer, processor_summary,
+                             tokenizer_identity)
 
 
 class HFJointEncoder(JointEncoder):
@@ -31,7 +32,7 @@ class HFJointEncoder(JointEncoder):
         if self.processor is None:
             self.processor = load_image_processor(self.model_id)
         return {"pooling": self.pooling, "max_length": self.max_length, "padding": "dynamic",
-                "processor": processor_summary(self.processor)}
+                "tokenizer": tokenizer_identity(self.model_id), "processor": processor_summary(self.processor)}
 
     def load(self, runtime: Runtime) -> None:
         import transformers

@@ -6,7 +6,7 @@ import numpy as np
 
 from feat.extract.base import EncoderOptions, Runtime, TextEncoder
 from feat.errors import InputError
-from feat.extract.hf import from_pretrained_checked, load_tokenizer, require_model_type
+from feat.extract.hf import from_pretrained_checked, load_tokenizer, require_model_type, tokenizer_identity
 
 
 class HFTextEncoder(TextEncoder):
@@ -26,7 +26,7 @@ class HFTextEncoder(TextEncoder):
 
     def preprocessing(self) -> dict:
         return {"pooling": self.pooling, "max_length": self.max_length, "normalize": self.normalize,
-                "padding": "dynamic"}
+                "padding": "dynamic", "tokenizer": tokenizer_identity(self.model_id)}
 
     def load(self, runtime: Runtime) -> None:
         from transformers import AutoModel
@@ -39,6 +39,9 @@ class HFTextEncoder(TextEncoder):
         model = from_pretrained_checked(AutoModel, self.model_id, dtype=torch_dtype(runtime.dtype))
         if self.model_types:
             require_model_type(model, self.model_types, self.name, self.model_id)
+        if hasattr(model, "get_image_features"):  # its forward wants pixels too: it would fail in the first batch
+            raise InputError(f"'{self.model_id}' is a text-image model ({model.config.model_type}); use --encoder "
+                             "clip-text for its text tower")
         if self.pooling == "pooler" and getattr(model, "pooler", None) is None:
             raise InputError(f"{self.model_id} has no pooler (e.g. DeBERTa-v3); use --pooling cls or mean")
         self.model = model.to(runtime.device)

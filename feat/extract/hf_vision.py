@@ -53,7 +53,11 @@ class HFVisionEncoder(ImageEncoder):
 
         from feat.extract.device import torch_dtype
 
-        return from_pretrained_checked(AutoModel, self.model_id, dtype=torch_dtype(runtime.dtype))
+        model = from_pretrained_checked(AutoModel, self.model_id, dtype=torch_dtype(runtime.dtype))
+        if hasattr(model, "get_text_features"):  # its forward wants text too: it would fail in the first batch
+            raise InputError(f"'{self.model_id}' is a text-image model ({model.config.model_type}); use --encoder "
+                             "clip-image, blip or align for its vision tower")
+        return model
 
     def load(self, runtime: Runtime) -> None:
         self.runtime = runtime
