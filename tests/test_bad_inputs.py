@@ -260,3 +260,13 @@ def test_switching_policy_reprocesses_only_bad_rows_and_loads_no_model(image_zoo
     report = extract(ExtractConfig(data=image_zoo, cache=cache, encoders=["effnet"], on_bad_image="zero")).encoders[0]
     assert (report.batches, report.encoded, report.reused, report.zero_filled) == (0, 0, len(GOOD), len(BAD))
     assert "no forward pass;" in report.line() and "all rows reused" not in report.line()
+
+
+def test_decoding_in_worker_processes_gives_the_same_rows(image_zoo, tmp_path, monkeypatch):
+    register_test_encoders(monkeypatch)
+    for workers in (0, 2):
+        extract(ExtractConfig(data=image_zoo, cache=tmp_path / f"w{workers}", encoders=["tiny-image"],
+                              batch_size=3, num_workers=workers))
+    serial, parallel = (FeatureCache(tmp_path / f"w{w}").read("tiny-image").rows for w in (0, 2))
+    assert list(parallel.ids) == list(serial.ids) and list(parallel.reason) == list(serial.reason)
+    assert np.array_equal(parallel.matrix, serial.matrix) and np.array_equal(parallel.valid, serial.valid)

@@ -324,6 +324,9 @@ def test_feat_info_shows_an_unfinished_run_and_a_feature_set_behind_the_table(tm
     with pytest.raises(KeyboardInterrupt):
         run(data, cache, ["probe-text"])
     assert "unfinished extraction" in cli("info", cache).output
+    with pytest.raises(KeyboardInterrupt):  # a first extraction killed before its merge
+        run(data, cache, ["tfidf"], name="tfidf2")
+    assert "tfidf2: unfinished, 14 rows committed, no complete file yet" in cli("info", cache).output
 
 
 # ----- lock -------------------------------------------------------------------------------------------

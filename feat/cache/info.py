@@ -15,8 +15,13 @@ def describe(root: Path) -> str:
              f"({', '.join(f'{s} {n}' for s, n in items['split'].value_counts().items())})"]
     item_ids = items["id"].to_numpy(dtype=object)
     names = cache.feature_names()
-    if not names:
+    unfinished = [n for n in cache.unfinished_names() if n not in names]
+    if not names and not unfinished:
         lines.append("  no feature sets yet")
+    for name in unfinished:
+        rows = cache.committed(name, cache.fingerprint(name), matrix=False)
+        lines.append(f"  {name}: unfinished, {len(rows) if rows is not None else 0} rows committed, no complete "
+                     "file yet (the next extract resumes it)")
     for name in names:
         fs = cache.read(name, rows=False)
         a = fs.attrs

@@ -190,6 +190,12 @@ class FeatureCache:
         folder = self.root / FEATURES_DIR
         return sorted(p.stem for p in folder.glob("*.h5")) if folder.exists() else []
 
+    def unfinished_names(self) -> list[str]:
+        """Feature sets with committed parts waiting to be merged (a run was killed or failed)."""
+        folder = self.root / FEATURES_DIR
+        return sorted(p.name[: -len(".parts")] for p in folder.glob("*.parts")
+                      if any(p.glob("part-*.h5"))) if folder.exists() else []
+
     def fingerprint(self, name: str) -> dict | None:
         """The stored fingerprint of a feature set (complete file first, else any committed part)."""
         for path in [self.feature_path(name), *self._part_files(name)]:

@@ -305,7 +305,8 @@ class _Committer:
         matrix = matrix.astype(self.dtype) if sp.issparse(matrix) else np.asarray(matrix, dtype=self.dtype)
         if not sp.issparse(matrix) and not np.isfinite(matrix).all():
             raise FeatError(f"{self.name}: the encoder produced non-finite values (overflow in a low-precision "
-                            "--dtype?); nothing from this batch was stored")
+                            "--dtype, or beyond float16 with --store-dtype float16?); nothing from this batch "
+                            "was stored")
         self.blocks.append(FeatureRows(np.asarray(ids, dtype=object), np.asarray(hashes, dtype=object),
                                        np.asarray(valid, dtype=bool), np.asarray(reasons, dtype=object), matrix))
         self.pending += len(ids)
