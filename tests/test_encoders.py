@@ -377,6 +377,20 @@ def test_checkpoint_with_a_deleted_tensor_is_refused(tmp_path, tiny_model, encod
         loaded_encoder(encoder, folder)
 
 
+@pytest.mark.parametrize("name", ["deberta", "blip", "clip-text", "vilt"])
+def test_offline_hub_id_fails_fast_with_the_reason(monkeypatch, name):
+    """Offline, huggingface_hub retries each file with back-off for ~100 s; feat asks the local cache only."""
+    import time
+
+    from feat.extract import hf
+
+    monkeypatch.setattr(hf, "hub_reachable", lambda: False)
+    started = time.perf_counter()
+    with pytest.raises(FeatError, match="not in the local Hugging Face cache, and the hub is unreachable"):
+        loaded_encoder(name, "feat-tests/no-such-model")
+    assert time.perf_counter() - started < 30
+
+
 def test_missing_model_folder_is_one_clear_error(tmp_path):
     with pytest.raises(InputError, match="does not exist"):
         loaded_encoder("hf-text", tmp_path / "nowhere")

@@ -7,6 +7,7 @@ a full BLIP checkpoint, REFERENCE.md section 3); feat refuses instead.
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import logging
 from pathlib import Path
@@ -19,6 +20,7 @@ def from_pretrained_checked(model_class, name_or_path: str, **kwargs):
     from transformers.utils import logging as hf_logging
 
     _refuse_missing_folder(name_or_path)
+    kwargs = {**_offline_kwargs(name_or_path), **kwargs}
     hf_logging.disable_progress_bar()  # feat shows its own progress; the per-tensor load bar is noise
     logger = logging.getLogger("transformers")
     level = logger.level
@@ -27,8 +29,7 @@ def from_pretrained_checked(model_class, name_or_path: str, **kwargs):
         with contextlib.redirect_stdout(io.StringIO()):
             model, info = model_class.from_pretrained(name_or_path, output_loading_info=True, **kwargs)
     except (OSError, ValueError) as exc:  # ValueError: a config transformers cannot map to this class
-        raise FeatError(f"could not load model '{name_or_path}' as {model_class.__name__}: "
-                        f"{_first_line(exc)}") from exc
+        raise _load_error(f"model '{name_or_path}' as {model_class.__name__}", name_or_path, exc) from exc
     finally:
         logger.setLevel(level)
     missing = list(info.get("missing_keys", []))
@@ -65,9 +66,9 @@ def load_tokenizer(name_or_path: str):
 
     _refuse_missing_folder(name_or_path)
     try:
-        return AutoTokenizer.from_pretrained(name_or_path)
+        return AutoTokenizer.from_pretrained(name_or_path, **_offline_kwargs(name_or_path))
     except (OSError, ValueError, TypeError) as exc:
-        raise FeatError(f"could not load the tokenizer of '{name_or_path}': {_first_line(exc)}") from exc
+        raise _load_error(f"the tokenizer of '{name_or_path}'", name_or_path, exc) from exc
 
 
 def load_image_processor(name_or_path: str):
@@ -76,9 +77,9 @@ def load_image_processor(name_or_path: str):
     _refuse_missing_folder(name_or_path)
     try:
         # The PIL backend needs no torchvision and matches the reference preprocessing.
-        return AutoImageProcessor.from_pretrained(name_or_path, backend="pil")
+        return AutoImageProcessor.from_pretrained(name_or_path, backend="pil", **_offline_kwargs(name_or_path))
     except (OSError, ValueError, TypeError) as exc:
-        raise FeatError(f"could not load the image processor of '{name_or_path}': {_first_line(exc)}") from exc
+        raise _load_error(f"the image processor of '{name_or_path}'", name_or_path, exc) from exc
 
 
 def processor_summary(processor) -> dict:
@@ -123,6 +124,41 @@ def _refuse_missing_folder(name_or_path: str) -> None:
     looks_local = name_or_path.startswith((".", "/", "~")) or "\\" in name_or_path or name_or_path.count("/") > 1
     if looks_local and not Path(name_or_path).expanduser().exists():
         raise InputError(f"model folder '{name_or_path}' does not exist")
+
+
+@functools.lru_cache(maxsize=1)
+def hub_reachable() -> bool:
+    """Whether the Hugging Face endpoint's host resolves. Offline, huggingface_hub retries every file with
+    back-off (about 100 s per encoder) before failing; knowing it up front makes that a one-line error."""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    try:
+        socket.getaddrinfo(urlparse(constants.ENDPOINT).hostname, 443)
+    except OSError:
+        return False
+    return True
+
+
+def _is_local(name_or_path: str) -> bool:
+    return Path(name_or_path).expanduser().exists()
+
+
+def _offline_kwargs(name_or_path: str) -> dict:
+    """A hub id with no reachable hub: the local Hugging Face cache only (fails fast when not there)."""
+    return {} if _is_local(name_or_path) or hub_reachable() else {"local_files_only": True}
+
+
+def _load_error(what: str, name_or_path: str, exc: Exception) -> FeatError:
+    if _is_local(name_or_path) or hub_reachable():
+        return FeatError(f"could not load {what}: {_first_line(exc)}")
+    # transformers' own message here suggests a wrong path; the cause is the missing network.
+    return FeatError(f"could not load {what}: not in the local Hugging Face cache, and the hub is unreachable "
+                     "from this machine (offline?)")
 
 
 def _checkpoint_type(name_or_path: str) -> str:
