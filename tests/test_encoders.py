@@ -213,6 +213,19 @@ def test_a_changed_tokenizer_changes_the_fingerprint(tmp_path, tiny_model, name,
     assert before["weights"] == after["weights"] and before["preprocessing"] != after["preprocessing"]
 
 
+@pytest.mark.parametrize("name", ["hf-vision", "blip", "align", "clip-image", "blip-itm", "flava", "vilt"])
+def test_image_transform_survives_pickling_into_workers(tiny_model, synthetic_csv, name):
+    """--num-workers sends the transform to DataLoader processes by pickle."""
+    import pickle
+
+    from feat.extract.images import decode_image
+
+    encoder = create_encoder(name, EncoderOptions(model=str(tiny_model(CASES[name][0]))))
+    image = decode_image(table(synthetic_csv)["image_path"][0])[0]
+    here, there = encoder.transform(), pickle.loads(pickle.dumps(encoder.transform()))
+    assert np.array_equal(here(image).numpy(), there(image).numpy())
+
+
 # ----- CLIP ---------------------------------------------------------------------------------------------------
 
 def test_clip_text_stores_the_projected_text_embedding(tmp_path, tiny_model, synthetic_csv):
