@@ -78,6 +78,19 @@ def plan(spec: AblateSpec) -> list[FuseSpec]:
     return runs
 
 
+def _cost(run: FuseSpec, dims: dict[str, int]) -> float:
+    """Rough training cost of a run (parameters of its head, counted on the meta device): the pool gets
+    the longest runs first so that both workers finish at about the same time."""
+    import torch
+
+    from feat.fuse.registry import create_head
+
+    with torch.device("meta"):
+        head = create_head(run.head, [dims[f] for f in run.features], 2)
+    params = sum(p.numel() for p in head.parameters())
+    return params * (0.05 if hasattr(head, "fit_sklearn") else 1.0)
+
+
 def result_row(run: FuseSpec, metrics: dict, metric: str) -> dict:
     row = {"features": "+".join(run.features), "strategy": run.head.strategy, "seed": run.train.seed,
            "n_inputs": len(run.features), "metric": metric}
@@ -141,6 +154,8 @@ def run_ablation(spec: AblateSpec):
             todo.append(i)
     console.print(f"ablation: {len(runs)} runs ({len(runs) - len(todo)} already done) on {len(data.ids)} items, "
                   f"{spec.workers} worker(s), selection metric dev {metric}")
+    dims = {f: data.matrices[f].shape[1] for f in features}
+    todo.sort(key=lambda i: -_cost(runs[i], dims))
     with progress_bar("runs", len(runs)) as advance:
         advance(len(runs) - len(todo))
         if spec.workers <= 1 or len(todo) <= 1:

@@ -75,7 +75,8 @@ def learning_curve(path: Path, history: pd.DataFrame, metric: str, best_epoch: i
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, left = plt.subplots(figsize=(5, 3.2), dpi=90)
+    fig, left = plt.subplots(figsize=(5, 3.2), dpi=80)
+    fig.subplots_adjust(left=0.12, right=0.86, bottom=0.15, top=0.9)  # fixed margins: tight_layout costs 0.1 s
     left.plot(history["epoch"], history["train_loss"], "o-", label="train loss")
     left.plot(history["epoch"], history["dev_loss"], "s-", label="dev loss")
     left.set_xlabel("epoch")
@@ -87,6 +88,5 @@ def learning_curve(path: Path, history: pd.DataFrame, metric: str, best_epoch: i
     handles = left.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
     left.legend(handles=handles, fontsize=7, loc="best")
     left.set_title(title, fontsize=9)
-    fig.tight_layout()
     atomic_write(path, lambda p: fig.savefig(p, format="png"))
     plt.close(fig)

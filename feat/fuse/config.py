@@ -26,7 +26,7 @@ class HeadConfig:
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 15  # upper bound; early stopping usually ends sooner
-    batch_size: int = 64  # the reference uses 16 end to end; a frozen-feature head trains as well with 64
+    batch_size: int = 128  # the reference uses 16 end to end; a head on frozen features trains as well with 128, 8x fewer steps
     lr: float = 1e-3  # the reference's 2e-5 is for fine-tuning encoders; a head on frozen features wants ~1e-3
     weight_decay: float = 1e-4  # AdamW decoupled weight decay, as the reference
     warmup: float = 0.1  # fraction of all steps with a linear warm-up, then linear decay to 0

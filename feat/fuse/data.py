@@ -33,6 +33,7 @@ class FusionData:
     valid: dict[str, np.ndarray]  # (n,) bool per feature
     fingerprints: dict[str, dict]  # {"id": ..., "fingerprint": {...}} per feature
     report: dict = field(default_factory=dict)  # rows dropped and why, rows per split
+    memo: dict = field(default_factory=dict)  # per-feature standardisation, shared by `select` views
 
     def rows(self, split: str) -> np.ndarray:
         return np.flatnonzero(self.split == split)
@@ -41,7 +42,7 @@ class FusionData:
         """The same rows restricted to some of the loaded features (ablation runs share one load)."""
         return FusionData(list(features), self.ids, self.split, self.y, self.classes,
                           {f: self.matrices[f] for f in features}, {f: self.valid[f] for f in features},
-                          {f: self.fingerprints[f] for f in features}, self.report)
+                          {f: self.fingerprints[f] for f in features}, self.report, self.memo)
 
     def items_digest(self) -> str:
         """Which items, in which split, with which label: part of a run's identity."""
@@ -114,23 +115,27 @@ def fit_stats(data: FusionData) -> dict[str, dict[str, np.ndarray]]:
     """Per-input mean and scale from the valid TRAIN rows only (float32, what `prepare` applies).
 
     Sparse inputs are only scaled (mean 0): centring would densify them, as in sklearn's with_mean=False.
+    Memoised per feature: the runs of an ablation share them.
     """
-    train = data.rows("train")
-    stats = {}
     for f in data.features:
-        rows = train[data.valid[f][train]]
-        matrix = data.matrices[f][rows]
-        if sp.issparse(matrix):
-            mean = np.asarray(matrix.mean(axis=0), dtype=np.float64).ravel()
-            var = np.asarray(matrix.multiply(matrix).mean(axis=0), dtype=np.float64).ravel() - mean ** 2
-            mean = np.zeros_like(mean)
-        else:
-            mean = matrix.astype(np.float64).mean(axis=0)
-            var = matrix.astype(np.float64).var(axis=0)
-        scale = np.sqrt(np.maximum(var, 0))
-        scale[scale < 1e-12] = 1.0  # constant columns are left as they are
-        stats[f] = {"mean": mean.astype(np.float32), "scale": scale.astype(np.float32)}
-    return stats
+        if ("stats", f) not in data.memo:
+            data.memo[("stats", f)] = _feature_stats(data, f)
+    return {f: data.memo[("stats", f)] for f in data.features}
+
+
+def _feature_stats(data: FusionData, f: str) -> dict[str, np.ndarray]:
+    train = data.rows("train")
+    matrix = data.matrices[f][train[data.valid[f][train]]]
+    if sp.issparse(matrix):
+        mean = np.zeros(matrix.shape[1])
+        var = (np.asarray(matrix.multiply(matrix).mean(axis=0), dtype=np.float64).ravel()
+               - np.asarray(matrix.mean(axis=0), dtype=np.float64).ravel() ** 2)
+    else:
+        mean = matrix.astype(np.float64).mean(axis=0)
+        var = matrix.astype(np.float64).var(axis=0)
+    scale = np.sqrt(np.maximum(var, 0))
+    scale[scale < 1e-12] = 1.0  # constant columns are left as they are
+    return {"mean": mean.astype(np.float32), "scale": scale.astype(np.float32)}
 
 
 def prepare(data: FusionData, stats: dict | None, missing: str) -> list[np.ndarray | sp.csr_matrix]:

@@ -62,7 +62,7 @@ def check_spec(spec: FuseSpec) -> None:
 def run_fuse(spec: FuseSpec, data: FusionData | None = None) -> RunResult:
     """Train one head and write its run folder. `data` (already loaded, e.g. by ablate) is reused as is."""
     check_spec(spec)
-    valid_from = list(dict.fromkeys([*spec.features, *spec.valid_from]))
+    valid_from = list(dict.fromkeys([*spec.valid_from, *spec.features]))
     if data is None:
         data = load_data(spec.cache, valid_from, spec.label, spec.train.missing, valid_from)
     data = data.select(spec.features)
@@ -70,8 +70,7 @@ def run_fuse(spec: FuseSpec, data: FusionData | None = None) -> RunResult:
     out.mkdir(parents=True, exist_ok=True)
     (out / art.METRICS).unlink(missing_ok=True)  # the folder is incomplete until metrics.json is back
 
-    stats = fit_stats(data) if spec.train.standardize else None
-    inputs = Inputs(prepare(data, stats, spec.train.missing))
+    stats, inputs = _inputs(data, spec.train)
     result = train(spec.head, spec.train, data, inputs)
     splits = {s: _evaluate_split(result.head, inputs, data, s, spec.train.seed) for s in ("dev", "test")}
 
@@ -83,7 +82,7 @@ def run_fuse(spec: FuseSpec, data: FusionData | None = None) -> RunResult:
     tensors = dict(result.head.state_dict())
     for f, s in (stats or {}).items():
         tensors[f"{STATS}/{f}/mean"], tensors[f"{STATS}/{f}/scale"] = torch.from_numpy(s["mean"]), torch.from_numpy(s["scale"])
-    art.save_model(out / art.MODEL, tensors, {"format": "pt", "strategy": spec.head.strategy, "feat": __version__})
+    art.save_model(out / art.MODEL, tensors, {"format": "pt"})  # one key: a map of several is written in random order
     history = pd.DataFrame(result.history)
     art.write_csv(out / art.HISTORY, history)
     for s, (_, prob) in splits.items():
@@ -96,6 +95,19 @@ def run_fuse(spec: FuseSpec, data: FusionData | None = None) -> RunResult:
                "seed": spec.train.seed, "train_seconds": round(result.seconds, 3)}
     art.write_json(out / art.METRICS, metrics)
     return RunResult(out, metrics, result.metric)
+
+
+def _inputs(data: FusionData, cfg: TrainConfig) -> tuple[dict | None, Inputs]:
+    """Train-only statistics and the prepared matrices, memoised per input on `data` (an ablation
+    standardises each input once, not once per run)."""
+    stats = fit_stats(data) if cfg.standardize else None
+    matrices = []
+    for f in data.features:
+        key = ("prepared", f, cfg.standardize, cfg.missing)
+        if key not in data.memo:
+            data.memo[key] = prepare(data.select([f]), stats and {f: stats[f]}, cfg.missing)[0]
+        matrices.append(data.memo[key])
+    return stats, Inputs(matrices)
 
 
 def _evaluate_split(head, inputs: Inputs, data: FusionData, split: str, seed: int) -> tuple[dict, np.ndarray]:

@@ -1,0 +1,106 @@
+"""Benchmark: the full ablation grid on MVSA-Single cached MiniLM + EfficientNet features.
+
+    python benchmarks/ablation.py [--cache DIR] [--out DIR] [--seeds 5] [--workers 2]
+
+Grid: the 5 reference strategies on minilm+effnet, plus the unimodal baselines on minilm and on effnet
+(feature sets minilm | effnet | minilm,effnet), 5 seeds each = 35 runs, default training options
+(15 epochs max, patience 5, batch 128). Target: <= 2 minutes wall time on a 2-core CPU.
+
+It also estimates what the reference pipeline would pay for the same comparison: it re-encodes every item
+with both encoders in every epoch of every run. Per-item forward time of minilm + effnet is measured on a few
+items (image decoding included, forward only: fine-tuning would add a backward pass on top).
+
+Needs ../shared/data/mvsa_single (skips with a message when absent). Builds the cache first if needed
+(`feat extract ... -e minilm -e effnet`, 3-15 minutes, not part of the timed figure).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = REPO.parent / "shared" / "data" / "mvsa_single" / "data.csv"
+
+
+def ensure_cache(cache: Path) -> None:
+    from feat.cache import FeatureCache
+    from feat.extract.runner import ExtractConfig, extract
+
+    if {"minilm", "effnet"} <= set(FeatureCache(cache).feature_names()):
+        return
+    print(f"building the cache {cache} (not timed) ...", file=sys.stderr)
+    extract(ExtractConfig(data=DATA, cache=cache, encoders=["minilm", "effnet"], num_workers=1))
+
+
+def encoder_seconds_per_item(n: int = 16) -> float:
+    """Forward time of minilm (text) + effnet (image, decode + resize included) per item."""
+    import pandas as pd
+    import torch
+
+    from feat.extract.base import Runtime
+    from feat.extract.images import decode_image, to_rgb
+    from feat.extract.registry import create_encoder
+
+    frame = pd.read_csv(DATA, dtype=str, keep_default_na=False).head(n)
+    text, image = create_encoder("minilm"), create_encoder("effnet")
+    text.load(Runtime())
+    image.load(Runtime())
+    transform = image.transform()
+    texts, paths = frame["text"].tolist(), [str(DATA.parent / p) for p in frame["image"]]
+
+    def images():
+        return torch.stack([transform(to_rgb(decode_image(p)[0])) for p in paths])
+
+    text.encode_texts(texts[:2]), image.encode_pixels(images()[:2])  # warm-up
+    start = time.perf_counter()
+    text.encode_texts(texts)
+    image.encode_pixels(images())
+    return (time.perf_counter() - start) / n
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cache", type=Path, default=Path(tempfile.gettempdir()) / "feat-bench-mvsa-cache")
+    parser.add_argument("--out", type=Path, default=None, help="ablation folder (default: a fresh temp dir)")
+    parser.add_argument("--seeds", type=int, default=5)
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+    if not DATA.exists():
+        print(f"skipped: {DATA} not found (the benchmark needs MVSA-Single in ../shared/data)")
+        return 0
+
+    import pandas as pd
+
+    from feat.fuse.ablate import AblateSpec, run_ablation
+
+    ensure_cache(args.cache)
+    out = args.out or Path(tempfile.mkdtemp(prefix="feat-bench-ablation-"))
+    start = time.perf_counter()
+    summary = run_ablation(AblateSpec(args.cache, [["minilm"], ["effnet"], ["minilm", "effnet"]], ["reference"],
+                                      args.seeds, "label", out, workers=args.workers))
+    wall = time.perf_counter() - start
+    results = pd.read_csv(out / "results.csv")
+    epochs = sum(len(pd.read_csv(out / run / "history.csv")) for run in results["run"])
+    items = pd.read_csv(DATA, dtype=str, keep_default_na=False)["split"].isin(["train", "dev"]).sum()
+    per_item = encoder_seconds_per_item()
+    reference = per_item * items * epochs
+
+    print(summary.markdown)
+    print("| what | value |\n|---|---:|")
+    print(f"| ablation wall time (s), {args.workers} workers | {wall:.1f} |")
+    print(f"| runs | {len(results)} |")
+    print(f"| runs/s | {len(results) / wall:.2f} |")
+    print(f"| epochs trained in total (early stopping) | {epochs} |")
+    print(f"| encoder forward per item, minilm + effnet (ms) | {per_item * 1000:.1f} |")
+    print(f"| reference way: re-encode {items} train+dev items x {epochs} epochs (s) | {reference:.0f} |")
+    print(f"| ratio reference / cached | {reference / wall:.0f}x |")
+    print(f"\nreport: {out / 'summary.md'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""`feat fuse`, `feat evaluate` and `feat ablate` through typer's CliRunner on a tiny toy cache."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from feat.cli import app
+from feat.fuse.toy import write_toy_cache
+
+runner = CliRunner()
+SMALL = ["--epochs", "4", "--batch-size", "32", "--common-dim", "16", "--lr", "3e-3"]
+RUN_FILES = {"config.json", "model.safetensors", "metrics.json", "history.csv", "predictions_dev.csv",
+             "predictions_test.csv", "learning_curve.png"}
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    return write_toy_cache(tmp_path_factory.mktemp("cli") / "cache")
+
+
+def invoke(*args):
+    result = runner.invoke(app, [str(a) for a in args])
+    return result
+
+
+def test_fuse_writes_a_complete_run_and_evaluate_reproduces_it(cache, tmp_path):
+    out = tmp_path / "run"
+    result = invoke("fuse", "--cache", cache, "--features", "a,b", "--strategy", "weighted_mean", "--label", "label",
+                    "--seed", "0", "--out", out, *SMALL)
+    assert result.exit_code == 0, result.output
+    assert {p.name for p in out.iterdir()} == RUN_FILES
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics) == {"dev", "test", "best_epoch", "seed", "train_seconds"}
+    for split in ("dev", "test"):
+        assert {"accuracy", "f1", "macro_f1", "weighted_f1", "precision", "recall", "auroc", "confusion_matrix",
+                "n"} <= set(metrics[split])
+        assert set(metrics[split]["modality_weights"]) == {"a", "b"}
+    predictions = pd.read_csv(out / "predictions_test.csv")
+    assert list(predictions.columns) == ["id", "true", "pred", "p_no", "p_yes"]
+    assert len(predictions) == metrics["test"]["n"]
+    history = pd.read_csv(out / "history.csv")
+    assert {"epoch", "train_loss", "dev_f1"} <= set(history.columns)
+    config = json.loads((out / "config.json").read_text())
+    assert config["classes"] == ["no", "yes"] and config["metric"] == "f1"
+    assert set(config["fingerprints"]) == {"a", "b"}
+
+    for split in ("dev", "test"):
+        result = invoke("evaluate", out, "--split", split)
+        assert result.exit_code == 0, result.output
+        assert "identical" in result.output
+        assert json.loads(result.stdout) == metrics[split]
+
+
+def test_evaluate_refuses_a_cache_with_other_features(cache, tmp_path):
+    out = tmp_path / "run"
+    assert invoke("fuse", "--cache", cache, "--features", "a", "--strategy", "single", "--out", out,
+                  *SMALL).exit_code == 0
+    other = write_toy_cache(tmp_path / "other", seed=1)  # same ids and layout, other vectors and fingerprints
+    result = invoke("evaluate", out, "--split", "dev", "--cache", other)
+    assert result.exit_code == 2
+    assert "fingerprint" in result.output
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--features", "a", "--strategy", "concat"], "at least 2"),
+    (["--features", "a,b", "--strategy", "nope"], "unknown strategy"),
+    (["--features", "a,b", "--label", "nope"], "label column 'nope'"),
+    (["--features", "a,b", "--missing", "maybe"], "--missing"),
+    (["--features", "a,b", "--metric", "bleu"], "--metric"),
+])
+def test_fuse_input_errors_are_one_clear_line(cache, tmp_path, args, message):
+    result = invoke("fuse", "--cache", cache, "--out", tmp_path / "r", *args, *SMALL)
+    assert result.exit_code == 2
+    assert message in result.output and "Traceback" not in result.output
+
+
+def test_ablate_grid_report_and_resume(cache, tmp_path):
+    out = tmp_path / "abl"
+    args = ["ablate", "--cache", cache, "--features", "a", "--features", "b", "--features", "a,b", "--strategies",
+            "mean,weighted_mean,logreg", "--seeds", "2", "--label", "label", "--out", out, "--workers", "1",
+            "--no-curves", *SMALL]
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    results = pd.read_csv(out / "results.csv")
+    # mean, weighted_mean, logreg on a+b; single and logreg on a and on b: 7 configurations x 2 seeds
+    assert len(results) == 14
+    assert set(zip(results["features"], results["strategy"])) == {
+        ("a+b", "mean"), ("a+b", "weighted_mean"), ("a+b", "logreg"), ("a", "single"), ("a", "logreg"),
+        ("b", "single"), ("b", "logreg")}
+    summary = pd.read_csv(out / "summary.csv")
+    assert list(summary["rank"]) == list(range(1, 8))
+    dev = summary["dev_f1_mean"].to_numpy()
+    assert (dev[:-1] >= dev[1:]).all(), "ranked by dev"
+    assert summary["p_value"].isna().sum() == 1  # the best unimodal config is the reference of the tests
+    for name in ("summary.md", "bars.png", "heatmap.png", "modality_weights.png", "best"):
+        assert (out / name).exists(), name
+    best = (out / "best").read_text().strip()
+    assert (out / best / "metrics.json").exists()
+    assert "| rank |" in result.stdout
+
+    # a killed ablation: one run lost its metrics.json -> only that run is redone
+    lost = out / results["run"][3]
+    (lost / "metrics.json").unlink()
+    kept = out / results["run"][0] / "metrics.json"
+    stamp = kept.stat().st_mtime_ns
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    assert "13 already done" in result.output.replace("\n", " ")
+    assert (lost / "metrics.json").exists() and kept.stat().st_mtime_ns == stamp
+    assert pd.read_csv(out / "results.csv").drop(columns="seconds").equals(results.drop(columns="seconds"))
+
+
+def test_ablate_uses_worker_processes_with_the_same_results(cache, tmp_path):
+    """Two spawned workers give the same numbers as one in-process run (single-threaded, seeded)."""
+    common = ["--cache", cache, "--features", "a,b", "--strategies", "concat", "--seeds", "2", "--no-curves", *SMALL]
+    assert invoke("ablate", *common, "--out", tmp_path / "one", "--workers", "1").exit_code == 0
+    result = invoke("ablate", *common, "--out", tmp_path / "two", "--workers", "2")
+    assert result.exit_code == 0, result.output
+    one, two = (pd.read_csv(tmp_path / d / "results.csv").drop(columns="seconds") for d in ("one", "two"))
+    assert one.equals(two)
