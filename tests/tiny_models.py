@@ -8,6 +8,7 @@ direct transformers forward of the saved folder catches a silently re-initialise
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from feat.synthetic import COLOURS, FILLERS, HAPPY, SAD
@@ -70,10 +71,7 @@ def clip_tokenizer():
     trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=specials, end_of_word_suffix="</w>",
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     raw.train_from_iterator(corpus(), trainer)
-    state = raw.to_str()
-    import json
-
-    model = json.loads(state)["model"]
+    model = json.loads(raw.to_str())["model"]
     merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
     return CLIPTokenizer(vocab=model["vocab"], merges=merges)
 
@@ -107,8 +105,6 @@ def save_bert(folder: Path) -> Path:
 
 def save_deberta(folder: Path) -> Path:
     """DeBERTa-v3 layout: relative attention, no absolute positions, no pooler, sentencepiece tokenizer."""
-    import json
-
     from transformers import DebertaV2Config, DebertaV2Model
 
     save_sentencepiece(folder)
