@@ -169,6 +169,25 @@ def test_changed_pooling_of_a_real_model_is_refused(tmp_path):
     assert not np.allclose(mean, cls)
 
 
+def test_changed_weights_are_refused(tmp_path, tiny, monkeypatch):
+    data = text_table(tmp_path / "d.csv", 6)
+    run(data, tmp_path / "c", ["probe-text"])
+    import helpers
+
+    monkeypatch.setattr(helpers.ProbeTextEncoder, "weights_identity", lambda self: "probe-weights-2")
+    result = cli("extract", data, "-e", "probe-text", "-c", tmp_path / "c", expect=2)
+    assert "weights: 'probe-weights-1' -> 'probe-weights-2'" in result.output
+
+
+def test_tfidf_without_train_rows_is_refused_before_writing(tmp_path, tiny):
+    records = [{"id": i, "text": f"text {i}", "split": ["dev", "test"][i % 2]} for i in range(4)]
+    cache = tmp_path / "c"
+    result = cli("extract", write_csv(tmp_path / "d.csv", records), "-e", "probe-text", "-e", "tfidf", "-c", cache,
+                 expect=2)
+    assert "fitted on the train split, and it has no rows (splits: dev, test)" in result.output
+    assert not cache.exists()
+
+
 def test_feat_version_change_is_refused(tmp_path, tiny, monkeypatch):
     data = text_table(tmp_path / "d.csv", 6)
     run(data, tmp_path / "c", ["probe-text"])

@@ -168,6 +168,9 @@ def _check_table(table: Table, encoders: list[Encoder]) -> None:
         if "text" in encoder.modality and not table.has_text:
             raise InputError(f"encoder '{encoder.name}' needs a text column '{table.columns.text}' "
                              "(use --text-col)")
+        if isinstance(encoder, FittedEncoder) and not (table.frame["split"] == "train").any():
+            raise InputError(f"encoder '{encoder.name}' is fitted on the train split, and it has no rows "
+                             f"(splits: {', '.join(sorted(set(table.frame['split'])))})")
         if "image" in encoder.modality and not table.has_image:
             raise InputError(f"encoder '{encoder.name}' needs an image column '{table.columns.image}' "
                              "(use --image-col)")
