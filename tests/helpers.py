@@ -21,12 +21,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from feat.extract.base import ImageEncoder, TextEncoder
+from feat.extract.base import ImageEncoder, JointEncoder, TextEncoder
 
 TESTS_DIR = Path(__file__).resolve().parent
 REPO = TESTS_DIR.parent
 MVSA = REPO.parent / "shared" / "data" / "mvsa_single" / "data.csv"
-TEST_ENCODERS = {"probe-text": "helpers:ProbeTextEncoder", "tiny-image": "helpers:TinyImageEncoder"}
+TEST_ENCODERS = {"probe-text": "helpers:ProbeTextEncoder", "tiny-image": "helpers:TinyImageEncoder",
+                 "probe-joint": "helpers:ProbeJointEncoder"}
 
 
 # ----- CLI -------------------------------------------------------------------------------------------
@@ -180,6 +181,34 @@ class TinyImageEncoder(ImageEncoder):
 
     def encode_pixels(self, pixels) -> np.ndarray:
         return pixels.flatten(1).float().numpy() + 1.0
+
+
+class ProbeJointEncoder(JointEncoder):
+    """52-d: the 4 x 4 thumbnail (+ 1) and 4 values from the text's hash, so both halves can be checked."""
+
+    name = "probe-joint"
+
+    def preprocessing(self) -> dict:
+        return {"size": 4, "probe": 1}
+
+    def weights_identity(self) -> str:
+        return "probe-joint-1"
+
+    def load(self, runtime) -> None:
+        self.runtime = runtime
+        self.model = "loaded"
+
+    def transform(self):
+        return TinyTransform()
+
+    def encode_pairs(self, texts: list[str], pixels) -> np.ndarray:
+        assert len(texts) == len(pixels)
+        return np.concatenate([pixels.flatten(1).float().numpy() + 1.0, text_code(texts)], axis=1)
+
+
+def text_code(texts: list[str]) -> np.ndarray:
+    digests = [hashlib.sha256(t.encode("utf-8", "surrogatepass")).digest()[:16] for t in texts]
+    return np.stack([np.frombuffer(d, dtype=np.uint32) / np.float32(2**32) for d in digests]).astype(np.float32)
 
 
 # ----- subprocess entry point (kill -9 tests) --------------------------------------------------------

@@ -19,7 +19,8 @@ from feat.cache import FeatureCache, FeatureRows
 from feat.console import console, progress_bar
 from feat.data import Columns, Table, load_table
 from feat.errors import FeatError, InputError
-from feat.extract.base import Encoder, EncoderOptions, FittedEncoder, ImageEncoder, Runtime, TextEncoder
+from feat.extract.base import (Encoder, EncoderOptions, FittedEncoder, ImageEncoder, JointEncoder, Runtime,
+                               TextEncoder)
 from feat.extract.registry import create_encoder, encoder_class
 
 BAD_IMAGE_POLICIES = ("fail", "skip", "zero")
@@ -340,7 +341,7 @@ def _encode(cache, table, encoder, name, config, runtime, fingerprint, todo, has
             _ensure_loaded(encoder, runtime)
             bad = _encode_texts(encoder, [texts[i] for i in todo], todo, ids, hashes, config, committer, report,
                                 advance)
-        elif isinstance(encoder, ImageEncoder):
+        elif isinstance(encoder, (ImageEncoder, JointEncoder)):
             bad = _encode_images(encoder, table, todo, ids, hashes, config, runtime, committer, report, advance,
                                  known_dim)
         else:
@@ -389,6 +390,15 @@ def _encode_images(encoder, table, todo, ids, hashes, config, runtime, committer
     bad = []
     paths = table.frame["image_path"].tolist()
     errors = table.frame["image_error"].tolist()
+    texts = _texts(table)
+
+    def forward(rows: list[int], pixels) -> np.ndarray:
+        # A joint encoder reads each row's text beside its image; a row without a usable image is not encoded
+        # at all (its text alone is not what the joint vector means).
+        if isinstance(encoder, JointEncoder):
+            return encoder.encode_pairs([texts[r] for r in rows], pixels)
+        return encoder.encode_pixels(pixels)
+
     for positions, pixels, reasons in image_batches([paths[i] for i in todo], [errors[i] for i in todo],
                                                     encoder.transform(), config.batch_size, config.num_workers,
                                                     pin_memory=runtime.device.startswith("cuda")):
@@ -397,7 +407,7 @@ def _encode_images(encoder, table, todo, ids, hashes, config, runtime, committer
         if good:
             # Loaded on the first good image: a run that only re-checks bad images loads no model.
             _ensure_loaded(encoder, runtime)
-            vectors = encoder.encode_pixels(pixels)
+            vectors = forward([rows[j] for j in good], pixels)
             report.batches += 1
             report.encoded += len(good)
             dim = vectors.shape[1]
@@ -419,8 +429,11 @@ def _encode_images(encoder, table, todo, ids, hashes, config, runtime, committer
     return bad
 
 
-def _probe_dim(encoder: ImageEncoder) -> int:
+def _probe_dim(encoder: ImageEncoder | JointEncoder) -> int:
     """The output size, from one forward pass on a blank image (needed when a batch has no good image)."""
     from PIL import Image
 
-    return encoder.encode_pixels(encoder.transform()(Image.new("RGB", (64, 64)))[None]).shape[1]
+    pixels = encoder.transform()(Image.new("RGB", (64, 64)))[None]
+    if isinstance(encoder, JointEncoder):
+        return encoder.encode_pairs([""], pixels).shape[1]
+    return encoder.encode_pixels(pixels).shape[1]
