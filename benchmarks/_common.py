@@ -141,10 +141,11 @@ def feat_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "feat.cli"]
 
 
-def run_feat(args: list[str], env: dict | None = None) -> tuple[float, subprocess.CompletedProcess]:
-    """Run `feat ARGS` as a child process; (wall seconds, completed process). Raises on failure."""
+def run_feat(args: list[str], env: dict | None = None, command: list[str] | None = None):
+    """Run `feat ARGS` (or `COMMAND ARGS`) as a child process; (wall seconds, completed process). Raises on
+    failure."""
     started = time.perf_counter()
-    done = subprocess.run([*feat_command(), *map(str, args)], capture_output=True, text=True,
+    done = subprocess.run([*(command or feat_command()), *map(str, args)], capture_output=True, text=True,
                           env={**os.environ, **(env or {})})
     seconds = time.perf_counter() - started
     if done.returncode:
