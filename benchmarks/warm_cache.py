@@ -122,7 +122,7 @@ def main() -> None:
                          C.spread(times[how]), C.verdict(ok and C.median(times[how]) < TARGET)])
         notes = ["per encoder, in-process: " + "; ".join(f"{e.name} {e.seconds:.2f} s ({e.reused} reused, "
                                                          f"{e.batches} batches)" for e in encoders),
-                 f"for scale: `python -c "import torch"` alone took {imports:.2f} s "
+                 f"for scale: `python -c 'import torch'` alone took {imports:.2f} s "
                  "as a child process here", f"cold extraction ({'real' if args.real else 'stand-in encoders'}): {cold:.1f} s"]
         if args.profile:
             profiler = cProfile.Profile()
