@@ -254,7 +254,20 @@ def test_clip_image_stores_the_projected_image_embedding(tmp_path, tiny_model, s
     assert_close_and_distinct(rows.matrix, reference)
 
 
-# ----- joint encoders (encoder level: the runner has no joint dispatch yet) -------------------------------------
+# ----- joint encoders ------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", sorted(JOINT))
+def test_joint_extract_pairs_each_text_with_its_own_image(tmp_path, tiny_model, synthetic_csv, name):
+    """Through `feat extract`: every stored row equals that row's text and image encoded alone, in input order."""
+    folder = tiny_model(CASES[name][0])
+    rows = extract_rows(synthetic_csv, tmp_path / "c", name, folder)
+    frame = table(synthetic_csv)
+    assert list(rows.ids) == list(frame["id"])
+    encoder = loaded_encoder(name, folder)
+    alone = np.concatenate([encoder.encode_pairs([text], joint_inputs(encoder, [path]))
+                            for text, path in zip(frame["text"], frame["image_path"])])
+    assert_close_and_distinct(rows.matrix, alone)
+
 
 def test_blip_itm_is_the_cls_state_of_the_itm_pass(tiny_model, synthetic_csv):
     import torch
@@ -415,12 +428,7 @@ def test_every_registered_encoder_is_tested():
     assert set(CASES) == set(ENCODERS)
 
 
-# strict: once runner.py dispatches JointEncoder, these pass and the mark must go.
-NO_JOINT_DISPATCH = pytest.mark.xfail(strict=True, raises=AssertionError,
-                                      reason="runner.py has no JointEncoder dispatch yet")
-
-
-@pytest.mark.parametrize("name", [pytest.param(n, marks=NO_JOINT_DISPATCH) if n in JOINT else n for n in sorted(CASES)])
+@pytest.mark.parametrize("name", sorted(CASES))
 def test_registered_encoder_rows_shape_and_determinism(tmp_path, tiny_model, small_synthetic_csv, name):
     checkpoint, dim = CASES[name]
     model = tiny_model(checkpoint) if checkpoint else None
