@@ -111,3 +111,58 @@ def test_every_row_encoded_or_reported_and_a_rerun_changes_nothing(monkeypatch, 
         assert all(r.batches == 0 and r.encoded == 0 and r.reused == len(rows) for r in again.encoders)
         assert _snapshot(cache) == before
         assert np.array_equal(FeatureCache(cache).read("probe-text").rows.valid, np.ones(len(rows), bool))
+
+
+def _rows_of(cache: Path, name: str):
+    return FeatureCache(cache).read(name).rows
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(rows=tables, batch_size=st.integers(1, 4), commit_every=st.integers(1, 5), interrupt_at=st.integers(1, 12))
+def test_an_interrupted_run_resumes_to_the_uninterrupted_result(monkeypatch, rows, batch_size, commit_every,
+                                                                 interrupt_at):
+    """Stopped inside its n-th HDF5 write (a part or a merge, of any encoder), then run again: the same cache
+    as one uninterrupted run, and no committed row encoded twice."""
+    from feat.cache import store
+
+    register_test_encoders(monkeypatch)
+    encoders = ["probe-text", "tiny-image", "tfidf"]
+    with tempfile.TemporaryDirectory() as tmp:
+        data = _write(Path(tmp) / "data", rows, with_ids=True)
+        config = dict(data=data, encoders=encoders, batch_size=batch_size, commit_every=commit_every)
+        extract(ExtractConfig(cache=Path(tmp) / "reference", **config))
+        cache = Path(tmp) / "cache"
+        real_write_rows, calls = store._write_rows, []
+
+        def interrupted(f, block):
+            calls.append(1)
+            if len(calls) == interrupt_at:
+                raise KeyboardInterrupt
+            return real_write_rows(f, block)
+
+        monkeypatch.setattr(store, "_write_rows", interrupted)
+        try:
+            extract(ExtractConfig(cache=cache, **config))
+        except KeyboardInterrupt:
+            pass
+        monkeypatch.setattr(store, "_write_rows", real_write_rows)
+        fs = FeatureCache(cache)
+        before = {name: fs.committed(name, fs.fingerprint(name), matrix=False) if fs.fingerprint(name) else None
+                  for name in encoders}
+        report = extract(ExtractConfig(cache=cache, **config))
+        for r in report.encoders:
+            done = before[r.name]
+            committed = 0 if done is None else len(done)
+            committed_invalid = 0 if done is None else int((~done.valid).sum())
+            assert r.reused == committed, r
+            # Each row left is processed exactly once: encoded, or found bad (for the tiny image encoder).
+            assert r.encoded + (r.invalid - committed_invalid) == len(rows) - committed, r
+        for name in encoders:
+            got, want = _rows_of(cache, name), _rows_of(Path(tmp) / "reference", name)
+            assert list(got.ids) == list(want.ids) and list(got.content_hash) == list(want.content_hash)
+            assert list(got.reason) == list(want.reason) and np.array_equal(got.valid, want.valid)
+            if name == "tfidf":
+                assert (got.matrix != want.matrix).nnz == 0
+            else:
+                assert np.array_equal(got.matrix, want.matrix), name
+        assert not [p for p in cache.rglob("*") if ".tmp" in p.name or p.name.endswith(".parts")]
