@@ -457,3 +457,24 @@ def test_h5_write_refused_is_a_clear_error(tmp_path, tiny, monkeypatch):
     assert "could not write" in result.output and "items.h5" in result.output
     assert "Permission denied" in result.output
     assert [p for p in files_under(cache) if not p.startswith(".lock")] == []
+
+
+def test_parts_are_ordered_by_number_not_by_name(tmp_path):
+    """The newest commit of an id wins; part-1000000 is newer than part-999999 although it sorts first."""
+    from feat.cache import FeatureRows
+
+    fs = FeatureCache(tmp_path)
+    fingerprint = {"encoder": "x"}
+
+    def block(value):
+        return FeatureRows(np.array(["a"], dtype=object), np.array([f"h{value}"], dtype=object), np.array([True]),
+                           np.array([""], dtype=object), np.full((1, 2), value, dtype=np.float32))
+
+    old = fs.commit_part("x", block(1.0), fingerprint)
+    old.rename(old.with_name("part-999999.h5"))
+    new = fs.commit_part("x", block(2.0), fingerprint)
+    assert new.name == "part-1000000.h5"
+    rows = fs.committed("x", fingerprint)
+    assert list(rows.content_hash) == ["h2.0"] and rows.matrix.tolist() == [[2.0, 2.0]]
+    final = fs.finalize("x", ["a"], ["h2.0"], fingerprint, {}, "x")
+    assert final.rows.matrix.tolist() == [[2.0, 2.0]] and not fs.parts_dir("x").exists()

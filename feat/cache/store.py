@@ -241,12 +241,15 @@ class FeatureCache:
     # ----- incremental writes ------------------------------------------------------------------------
     def _part_files(self, name: str) -> list[Path]:
         folder = self.parts_dir(name)
-        return sorted(folder.glob("part-*.h5")) if folder.exists() else []
+        # By number, not by name: commit order decides which row is newest, and names outgrow their padding.
+        return sorted(folder.glob("part-*.h5"), key=lambda p: int(p.stem.split("-")[1])) if folder.exists() else []
 
     def commit_part(self, name: str, rows: FeatureRows, fingerprint: dict) -> Path:
         """Durably store a batch of finished rows; a later run (or `finalize`) picks them up."""
         folder = self.parts_dir(name)
-        folder.mkdir(parents=True, exist_ok=True)
+        if not folder.exists():
+            folder.mkdir(parents=True)
+            _fsync_dir(folder.parent)  # the folder's own entry must survive a power cut with the parts in it
         existing = self._part_files(name)
         index = int(existing[-1].stem.split("-")[1]) + 1 if existing else 0
         path = folder / f"part-{index:06d}.h5"
