@@ -93,6 +93,10 @@ def extract(
         console.print(escape(line.line()), soft_wrap=True)
     bad = f"; {report.bad_rows} bad row(s) listed in {report.cache / 'bad_rows.csv'}" if report.bad_rows else ""
     console.print(escape(f"cache {report.cache}: done in {report.seconds:.1f} s{bad}"), soft_wrap=True)
+    for feature, item, reason in report.bad_examples:
+        console.print(escape(f"  bad row {item} ({feature}): {reason}"), soft_wrap=True)
+    if report.bad_rows > len(report.bad_examples):
+        console.print(f"  ... and {report.bad_rows - len(report.bad_examples)} more in bad_rows.csv", soft_wrap=True)
 
 
 @app.command()

@@ -175,6 +175,10 @@ def _check_reported(cache_dir, output: str, policy: str) -> pd.DataFrame:
     for key, (_, _, reason) in BAD.items():
         assert reason in bad.set_index("id").loc[key, "reason"]
     assert f"{len(BAD)} bad row(s) listed in" in output
+    shown = [line for line in output.splitlines() if line.startswith("  bad row ")]
+    assert len(shown) == 5 and f"... and {len(BAD) - 5} more in bad_rows.csv" in output
+    first = bad.iloc[0]
+    assert shown[0] == f"  bad row {first['id']} ({first['feature']}): {first['reason']}"
     return bad
 
 

@@ -312,3 +312,7 @@ def test_refused_paths_are_reported_through_extract(path_tree, monkeypatch):
     # The secret image was never read into the cache: its row is all zeros and invalid.
     secret_rows = [i for i, k in enumerate(rows.ids) if k == "symlink_escape"]
     assert np.all(rows.matrix[secret_rows] == 0)
+    # Allowed explicitly: the same rows are encoded now (the path changed, so the row hash did).
+    cli("extract", root / "data.csv", "-e", "tiny-image", "-c", cache, "--allow-outside-root")
+    rows = FeatureCache(cache).read("tiny-image").rows
+    assert {k for k, v in zip(rows.ids, rows.valid) if not v} == {"empty", "nul_byte"}

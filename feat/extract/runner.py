@@ -100,6 +100,7 @@ class ExtractReport:
     notes: list[str]
     bad_rows: int = 0
     seconds: float = 0.0
+    bad_examples: list[tuple[str, str, str]] = field(default_factory=list)  # (feature set, id, reason), first few
 
 
 def extract(config: ExtractConfig) -> ExtractReport:
@@ -132,7 +133,8 @@ def extract(config: ExtractConfig) -> ExtractReport:
                 raise
             notes += reports[-1].notes
         bad = cache.write_bad_rows()
-    return ExtractReport(Path(config.cache), reports, notes, len(bad), time.perf_counter() - started)
+    examples = list(bad[["feature", "id", "reason"]].head(5).itertuples(index=False, name=None))
+    return ExtractReport(Path(config.cache), reports, notes, len(bad), time.perf_counter() - started, examples)
 
 
 def _check_config(config: ExtractConfig) -> None:
