@@ -478,3 +478,10 @@ def test_parts_are_ordered_by_number_not_by_name(tmp_path):
     assert list(rows.content_hash) == ["h2.0"] and rows.matrix.tolist() == [[2.0, 2.0]]
     final = fs.finalize("x", ["a"], ["h2.0"], fingerprint, {}, "x")
     assert final.rows.matrix.tolist() == [[2.0, 2.0]] and not fs.parts_dir("x").exists()
+
+
+def test_cache_path_that_is_a_file(tmp_path, tiny):
+    data = text_table(tmp_path / "d.csv", 4)
+    (tmp_path / "c").write_text("not a folder")
+    result = cli("extract", data, "-e", "probe-text", "-c", tmp_path / "c", expect=2)
+    assert "is a file, not a folder" in result.output and (tmp_path / "c").read_text() == "not a folder"

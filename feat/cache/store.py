@@ -113,6 +113,8 @@ class FeatureCache:
     # ----- locking -----------------------------------------------------------------------------------
     @contextlib.contextmanager
     def lock(self, timeout: float = 0) -> Iterator[None]:
+        if self.root.exists() and not self.root.is_dir():
+            raise InputError(f"--cache {self.root} is a file, not a folder")
         try:
             self.root.mkdir(parents=True, exist_ok=True)
             lock = FileLock(str(self.root / LOCK_FILE))
