@@ -1,9 +1,10 @@
 """The encoder interface: what every encoder under feat/extract/ implements.
 
-Three kinds, chosen by how the runner must feed them:
+Four kinds, chosen by how the runner must feed them:
 - `TextEncoder`: texts in, one vector per text; the runner sorts by token length and pads per batch.
 - `ImageEncoder`: PIL images in; `transform()` runs in DataLoader workers, `encode_pixels` on the device.
 - `FittedEncoder`: fitted on the train split (TF-IDF); its fitted state is stored with the features.
+- `JointEncoder`: sees the text and the image of a row together and returns one vector (BLIP-ITM, FLAVA, ViLT).
 
 An encoder never loads weights in `__init__`: `fingerprint()` must be cheap so that a warm cache is
 recognised without loading a model. `load()` loads weights and must refuse missing keys.
