@@ -68,6 +68,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=None, help="ablation folder (default: a fresh temp dir)")
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--precision", default="fp32", help="fp32 (default) | bf16")
     args = parser.parse_args()
     if not DATA.exists():
         print(f"skipped: {DATA} not found (the benchmark needs MVSA-Single in ../shared/data)")
@@ -76,12 +77,14 @@ def main() -> int:
     import pandas as pd
 
     from feat.fuse.ablate import AblateSpec, run_ablation
+    from feat.fuse.config import TrainConfig
 
     ensure_cache(args.cache)
     out = args.out or Path(tempfile.mkdtemp(prefix="feat-bench-ablation-"))
     start = time.perf_counter()
     summary = run_ablation(AblateSpec(args.cache, [["minilm"], ["effnet"], ["minilm", "effnet"]], ["reference"],
-                                      args.seeds, "label", out, workers=args.workers))
+                                      args.seeds, "label", out, train=TrainConfig(precision=args.precision),
+                                      workers=args.workers))
     wall = time.perf_counter() - start
     results = pd.read_csv(out / "results.csv")
     epochs = sum(len(pd.read_csv(out / run / "history.csv")) for run in results["run"])
@@ -91,7 +94,7 @@ def main() -> int:
 
     print(summary.markdown)
     print("| what | value |\n|---|---:|")
-    print(f"| ablation wall time (s), {args.workers} workers | {wall:.1f} |")
+    print(f"| ablation wall time (s), {args.workers} workers, {args.precision} | {wall:.1f} |")
     print(f"| runs | {len(results)} |")
     print(f"| runs/s | {len(results) / wall:.2f} |")
     print(f"| epochs trained in total (early stopping) | {epochs} |")

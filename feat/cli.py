@@ -136,16 +136,18 @@ ClassWeights = Annotated[str, typer.Option(help="none | balanced (loss weights n
 Missing = Annotated[str, typer.Option(help="Rows the cache marks invalid: drop | zero (zero-filled + a "
                                            "missing-indicator column per input). Counts are reported.")]
 Standardize = Annotated[bool, typer.Option(help="Z-score inputs with train-only statistics.")]
+Precision = Annotated[str, typer.Option(help="fp32 | bf16 (float32 matmuls computed in bf16 on CPUs with "
+                                             "AMX / AVX512-BF16: ~1.5x faster training, slightly other numbers).")]
 
 
 def _head_train(strategy, common_dim, dropout, depth, width, seed, epochs, batch_size, lr, weight_decay, warmup,
-                patience, metric, class_weights, standardize, missing):
+                patience, metric, class_weights, standardize, missing, precision):
     from feat.fuse.config import HeadConfig, TrainConfig
 
     return (HeadConfig(strategy=strategy, common_dim=common_dim, dropout=dropout, depth=depth, width=width),
             TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup=warmup,
                         patience=patience, metric=metric, class_weights=class_weights, standardize=standardize,
-                        missing=missing, seed=seed))
+                        missing=missing, seed=seed, precision=precision))
 
 
 def _strategy_help() -> str:
@@ -170,14 +172,14 @@ def fuse(
     metric: Metric = "auto", patience: Patience = 5, epochs: Epochs = 15, batch_size: BatchSize = 128,
     lr: Lr = 1e-3, weight_decay: WeightDecay = 1e-4, warmup: Warmup = 0.1, common_dim: CommonDim = 768,
     dropout: Dropout = 0.1, depth: Depth = 1, width: Width = 256, class_weights: ClassWeights = "none",
-    missing: Missing = "drop", standardize: Standardize = True,
+    missing: Missing = "drop", standardize: Standardize = True, precision: Precision = "fp32",
 ):
     """Train one fusion head on cached features; writes config, weights, metrics, predictions and a plot."""
     from feat.console import console
     from feat.fuse.run import FuseSpec, run_fuse
 
     head, train = _head_train(strategy, common_dim, dropout, depth, width, seed, epochs, batch_size, lr,
-                              weight_decay, warmup, patience, metric, class_weights, standardize, missing)
+                              weight_decay, warmup, patience, metric, class_weights, standardize, missing, precision)
     result = run_fuse(FuseSpec(cache, _split_features(features), label, out, head, train))
     m = result.metrics
     console.print(f"{strategy} on {features}, seed {seed}: best epoch {m['best_epoch']}, "
@@ -227,14 +229,14 @@ def ablate(
     metric: Metric = "auto", patience: Patience = 5, epochs: Epochs = 15, batch_size: BatchSize = 128,
     lr: Lr = 1e-3, weight_decay: WeightDecay = 1e-4, warmup: Warmup = 0.1, common_dim: CommonDim = 768,
     dropout: Dropout = 0.1, depth: Depth = 1, width: Width = 256, class_weights: ClassWeights = "none",
-    missing: Missing = "drop", standardize: Standardize = True,
+    missing: Missing = "drop", standardize: Standardize = True, precision: Precision = "fp32",
 ):
     """Every strategy x feature set x seed plus unimodal baselines; summary with CIs, paired tests, plots."""
     from feat.console import console
     from feat.fuse.ablate import AblateSpec, run_ablation
 
     head, train = _head_train("single", common_dim, dropout, depth, width, 0, epochs, batch_size, lr,
-                              weight_decay, warmup, patience, metric, class_weights, standardize, missing)
+                              weight_decay, warmup, patience, metric, class_weights, standardize, missing, precision)
     summary = run_ablation(AblateSpec(cache, [_split_features(f) for f in features], strategies, seeds, label,
                                       out, head, train, workers, curves))
     typer.echo(summary.markdown)

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, fields
 METRICS = ("f1", "macro_f1", "accuracy", "auroc", "loss")
 MISSING = ("drop", "zero")
 CLASS_WEIGHTS = ("none", "balanced")
+PRECISION = {"fp32": "highest", "bf16": "medium"}  # -> torch.set_float32_matmul_precision
 
 
 @dataclass(frozen=True)
@@ -37,6 +38,7 @@ class TrainConfig:
     standardize: bool = True  # z-score each input with statistics of the train rows only
     missing: str = "drop"  # invalid cache rows: drop them, or zero them and add a missing-indicator column
     seed: int = 0  # seeds init, dropout and batch order; same seed + same data -> identical metrics
+    precision: str = "fp32"  # fp32 | bf16: float32 matmuls done in bf16 where the CPU has AMX/AVX512-BF16
 
 
 def from_dict(cls, data: dict):

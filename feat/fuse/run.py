@@ -19,7 +19,7 @@ import torch
 from feat import __version__
 from feat.errors import InputError
 from feat.fuse import artifacts as art
-from feat.fuse.config import CLASS_WEIGHTS, MISSING, HeadConfig, TrainConfig, from_dict, to_dict
+from feat.fuse.config import CLASS_WEIGHTS, MISSING, PRECISION, HeadConfig, TrainConfig, from_dict, to_dict
 from feat.fuse.data import FusionData, fit_stats, load_data, prepare
 from feat.fuse.metrics import resolve_metric
 from feat.fuse.registry import check_inputs, create_head
@@ -52,6 +52,8 @@ def check_spec(spec: FuseSpec) -> None:
     check_inputs(spec.head.strategy, len(spec.features))
     if spec.train.missing not in MISSING:
         raise InputError(f"--missing must be one of {', '.join(MISSING)}, not '{spec.train.missing}'")
+    if spec.train.precision not in PRECISION:
+        raise InputError(f"--precision must be one of {', '.join(PRECISION)}, not '{spec.train.precision}'")
     if spec.train.class_weights not in CLASS_WEIGHTS:
         raise InputError(f"--class-weights must be one of {', '.join(CLASS_WEIGHTS)}")
     resolve_metric(spec.train.metric, 2)
@@ -72,7 +74,7 @@ def run_fuse(spec: FuseSpec, data: FusionData | None = None) -> RunResult:
 
     stats, inputs = _inputs(data, spec.train)
     result = train(spec.head, spec.train, data, inputs)
-    splits = {s: _evaluate_split(result.head, inputs, data, s, spec.train.seed) for s in ("dev", "test")}
+    splits = {s: _evaluate_split(result.head, inputs, data, s, spec.train) for s in ("dev", "test")}
 
     config = {"feat_version": __version__, "cache": str(Path(spec.cache).resolve()), "features": data.features,
               "label": spec.label, "classes": data.classes, "input_dims": inputs.dims, "metric": result.metric,
@@ -110,11 +112,11 @@ def _inputs(data: FusionData, cfg: TrainConfig) -> tuple[dict | None, Inputs]:
     return stats, Inputs(matrices)
 
 
-def _evaluate_split(head, inputs: Inputs, data: FusionData, split: str, seed: int) -> tuple[dict, np.ndarray]:
+def _evaluate_split(head, inputs: Inputs, data: FusionData, split: str, cfg: TrainConfig) -> tuple[dict, np.ndarray]:
     """Metrics (+ mean learned modality weights) and probabilities of one split; the same code for both
     the end of training and `feat evaluate`, single-threaded so that the floats are identical."""
     rows = data.rows(split)
-    with deterministic(seed):
+    with deterministic(cfg.seed, cfg.precision):
         metrics, prob = split_metrics(predict(head, inputs, rows), data.y[rows])
         with torch.no_grad():
             weights = head.modality_weights(inputs.take(rows))
@@ -160,7 +162,7 @@ def evaluate_run(run_dir: Path, split: str = "dev", cache: Path | None = None) -
     with deterministic(train_cfg.seed):
         head = create_head(head_cfg, inputs.dims, len(data.classes))
     head.load_state_dict(tensors)
-    metrics = _evaluate_split(head, inputs, data, split, train_cfg.seed)[0]
+    metrics = _evaluate_split(head, inputs, data, split, train_cfg)[0]
     saved_all = art.read_json(run_dir / art.METRICS) if (run_dir / art.METRICS).exists() else {}
     return Evaluation(split, metrics, saved_all.get(split), config)
 

@@ -22,7 +22,7 @@ import scipy.sparse as sp
 import torch
 from torch import nn
 
-from feat.fuse.config import HeadConfig, TrainConfig
+from feat.fuse.config import PRECISION, HeadConfig, TrainConfig
 from feat.fuse.data import FusionData
 from feat.fuse.metrics import compute_metrics, resolve_metric, score
 from feat.fuse.registry import create_head
@@ -40,17 +40,25 @@ class TrainResult:
 
 
 @contextlib.contextmanager
-def deterministic(seed: int) -> Iterator[None]:
-    """Single-threaded, deterministic torch with the global RNG seeded; restores the previous settings."""
+def deterministic(seed: int, precision: str = "fp32") -> Iterator[None]:
+    """Single-threaded, deterministic torch with the global RNG seeded; restores the previous settings
+    (flush-to-zero is switched off again, torch's default)."""
     threads, strict = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+    matmul = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision(PRECISION[precision])
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
+    # Once a head fits its train set, Adam's second moments underflow to subnormal floats, which are ~100x
+    # slower on x86: flush them to zero (deterministic too).
+    torch.set_flush_denormal(True)
     torch.manual_seed(seed)
     try:
         yield
     finally:
         torch.set_num_threads(threads)
         torch.use_deterministic_algorithms(strict)
+        torch.set_flush_denormal(False)
+        torch.set_float32_matmul_precision(matmul)
 
 
 class Inputs:
@@ -110,7 +118,7 @@ def train(head_cfg: HeadConfig, cfg: TrainConfig, data: FusionData, inputs: Inpu
     start = time.perf_counter()
     metric = resolve_metric(cfg.metric, len(data.classes))
     train_rows, dev_rows = data.rows("train"), data.rows("dev")
-    with deterministic(cfg.seed):
+    with deterministic(cfg.seed, cfg.precision):
         head = create_head(head_cfg, inputs.dims, len(data.classes))
         if hasattr(head, "fit_sklearn"):
             result = _fit_closed_form(head, cfg, data, inputs, metric)
