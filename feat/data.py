@@ -17,6 +17,7 @@ import pandas as pd
 from feat.errors import InputError
 
 SPLITS = ("train", "dev", "test")
+PREDICT = "predict"  # the split of every row of a table read with `predict=True`: rows to label, no split
 # Names seen in the wild for the three splits; anything else is refused rather than guessed.
 SPLIT_ALIASES = {
     "train": "train", "training": "train",
@@ -76,8 +77,10 @@ def load_table(
     columns: Columns = Columns(),
     image_root: str | os.PathLike | None = None,
     allow_outside_root: bool = False,
+    predict: bool = False,
 ) -> Table:
-    """Read `path` (a CSV/TSV/Parquet file with a split column, or a folder of per-split files)."""
+    """Read `path` (a CSV/TSV/Parquet file with a split column, or a folder of per-split files). `predict`:
+    the table has no split, every row is to predict (split "predict"); a split column, if any, is ignored."""
     path = Path(path)
     if not path.exists():
         raise InputError(f"data not found: {path}")
@@ -90,7 +93,7 @@ def load_table(
         base = path.parent
     if raw.empty:
         raise InputError(f"{path}: the table has no rows")
-    frame = _canonical_frame(raw, columns, path, notes)
+    frame = _canonical_frame(raw, columns, path, notes, predict)
     root = Path(image_root) if image_root is not None else base
     if "image" in frame:
         _resolve_images(frame, root, allow_outside_root)
@@ -153,9 +156,10 @@ def _read_split_folder(folder: Path, columns: Columns, notes: list[str]) -> pd.D
     return pd.concat(parts, ignore_index=True).fillna("")
 
 
-def _canonical_frame(raw: pd.DataFrame, columns: Columns, path: Path, notes: list[str]) -> pd.DataFrame:
+def _canonical_frame(raw: pd.DataFrame, columns: Columns, path: Path, notes: list[str],
+                     predict: bool = False) -> pd.DataFrame:
     raw.columns = [str(c).strip() for c in raw.columns]
-    if columns.split not in raw:
+    if columns.split not in raw and not predict:
         raise InputError(f"{path}: missing split column '{columns.split}' (columns: {', '.join(raw.columns)}; "
                          "use --split-col)")
     if columns.text not in raw and columns.image not in raw:
@@ -174,12 +178,15 @@ def _canonical_frame(raw: pd.DataFrame, columns: Columns, path: Path, notes: lis
     dup = frame["id"][frame["id"].duplicated()].unique()
     if len(dup):
         raise InputError(f"{path}: {len(dup)} duplicate id(s) in column '{columns.id}': {', '.join(map(str, dup[:5]))}")
-    split = raw[columns.split].astype(str).str.strip().str.lower()
-    unknown = sorted(set(split) - set(SPLIT_ALIASES))
-    if unknown:
-        raise InputError(f"{path}: unknown split value(s) {unknown} in column '{columns.split}' "
-                         f"(expected one of {', '.join(SPLITS)}, or val/validation)")
-    frame["split"] = split.map(SPLIT_ALIASES)
+    if predict:
+        frame["split"] = PREDICT
+    else:
+        split = raw[columns.split].astype(str).str.strip().str.lower()
+        unknown = sorted(set(split) - set(SPLIT_ALIASES))
+        if unknown:
+            raise InputError(f"{path}: unknown split value(s) {unknown} in column '{columns.split}' "
+                             f"(expected one of {', '.join(SPLITS)}, or val/validation)")
+        frame["split"] = split.map(SPLIT_ALIASES)
     if columns.text in raw:
         frame["text"] = raw[columns.text].astype(str)
     if columns.image in raw:

@@ -8,6 +8,10 @@ Four kinds, chosen by how the runner must feed them:
 
 An encoder never loads weights in `__init__`: `fingerprint()` must be cheap so that a warm cache is
 recognised without loading a model. `load()` loads weights and must refuse missing keys.
+
+Encoders with a network also expose it for fine-tuning (`feat finetune`): `collate` makes a batch's model
+inputs, `embed` maps them to vectors with autograd on, and `trainable_module()` wraps both as a torch module.
+`encode_*` run the same `collate` + `embed` under inference mode, so live and cached vectors are one code path.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from typing import Callable, ClassVar
 import numpy as np
 
 from feat import __version__
-from feat.errors import InputError
+from feat.errors import FeatError, InputError
 
 
 @dataclass(frozen=True)
@@ -92,6 +96,24 @@ class Encoder(ABC):
         source = text if self.modality == "text" else image_digest
         return hashlib.sha256((source or "").encode("utf-8", "surrogatepass")).hexdigest()
 
+    def collate(self, texts: list[str] | None, pixels=None) -> dict:
+        """A batch's model inputs on the device: texts tokenised (padded to this batch's longest) and/or the
+        (B, C, H, W) pixels of `transform()`. Implemented once per kind of network."""
+        raise FeatError(f"encoder '{self.name}' has no network to fine-tune")
+
+    def embed(self, inputs: dict):
+        """(B, dim) tensor from `collate`'s inputs with autograd on (needs `load()` first)."""
+        raise FeatError(f"encoder '{self.name}' has no network to fine-tune")
+
+    def trainable_module(self):
+        """The loaded network as a torch module: `module(collate(...))` is `embed`, its parameters are the
+        encoder's (trainable once `requires_grad_` is set), its state dict is the network's."""
+        from feat.extract.trainable import TrainableEncoder
+
+        if getattr(self, "model", None) is None:
+            raise FeatError(f"encoder '{self.name}': load() it before asking for its network")
+        return TrainableEncoder(self)
+
 
 class TextEncoder(Encoder):
     modality = "text"
@@ -116,12 +138,26 @@ class ImageEncoder(Encoder):
     def encode_pixels(self, pixels) -> np.ndarray:
         """A (B, C, H, W) float tensor on the device -> (B, dim) float32 array."""
 
+    def collate(self, texts: list[str] | None, pixels=None) -> dict:
+        from feat.extract.device import torch_dtype
+
+        return {"pixel_values": pixels.to(self.runtime.device, torch_dtype(self.runtime.dtype))}
+
 
 class FittedEncoder(Encoder):
     """An encoder whose parameters come from the train split; the fit is part of every row's hash."""
 
     modality = "text"
     fit_digest: str = ""  # set by `fit_key`; mixed into every row hash so a new train split re-encodes all
+    frozen: bool = False  # set by `use_state`: a stored fit transforms new rows and is never refitted on them
+
+    def use_state(self, state: dict[str, np.ndarray]) -> None:
+        """Fix the encoder to a stored fit (`feat predict`): new rows are transformed as the train rows were,
+        whatever split they are in, and their row hashes carry the stored fit's digest."""
+        if not state:
+            raise FeatError(f"encoder '{self.name}': no fitted state stored with the features")
+        self.load_state(state)
+        self.frozen = True
 
     def weights_identity(self) -> str:
         return "fitted-on-train"

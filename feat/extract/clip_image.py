@@ -6,8 +6,6 @@ class alone would leave it out, or random.
 
 from __future__ import annotations
 
-import numpy as np
-
 from feat.extract.base import Runtime
 from feat.extract.hf import load_dual_encoder, projected
 from feat.extract.hf_vision import HFVisionEncoder
@@ -25,12 +23,5 @@ class ClipImageEncoder(HFVisionEncoder):
 
         return load_dual_encoder(self.model_id, dtype=torch_dtype(runtime.dtype))
 
-    def encode_pixels(self, pixels) -> np.ndarray:
-        import torch
-
-        from feat.extract.device import torch_dtype
-
-        with torch.inference_mode():
-            features = self.model.get_image_features(
-                pixel_values=pixels.to(self.runtime.device, torch_dtype(self.runtime.dtype)))
-        return projected(features).float().cpu().numpy()
+    def embed(self, inputs: dict):
+        return projected(self.model.get_image_features(pixel_values=inputs["pixel_values"]))

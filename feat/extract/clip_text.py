@@ -6,8 +6,6 @@ first; a later stage can, but could not undo it).
 
 from __future__ import annotations
 
-import numpy as np
-
 from feat.extract.base import Runtime
 from feat.extract.hf import load_dual_encoder, load_tokenizer, projected
 from feat.extract.hf_joint import check_text_positions, text_position_limit
@@ -32,12 +30,6 @@ class ClipTextEncoder(HFTextEncoder):
         check_text_positions(self.max_length, text_position_limit(model.config), self.model_id)
         self.model = model.to(runtime.device)
 
-    def encode_texts(self, texts: list[str]) -> np.ndarray:
-        import torch
-
-        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
-                               return_tensors="pt").to(self.runtime.device)
-        with torch.inference_mode():
-            features = self.model.get_text_features(input_ids=batch["input_ids"],
-                                                    attention_mask=batch["attention_mask"])
-        return projected(features).float().cpu().numpy()
+    def embed(self, inputs: dict):
+        return projected(self.model.get_text_features(input_ids=inputs["input_ids"],
+                                                      attention_mask=inputs["attention_mask"]))

@@ -81,8 +81,8 @@ class EfficientNetLite0Encoder(ImageEncoder):
     def encode_pixels(self, pixels) -> np.ndarray:
         import torch
 
-        from feat.extract.device import torch_dtype
-
         with torch.inference_mode():
-            features = self.model.extract_features(pixels.to(self.runtime.device, torch_dtype(self.runtime.dtype)))
-            return features.float().mean((2, 3)).cpu().numpy()
+            return self.embed(self.collate(None, pixels)).cpu().numpy()
+
+    def embed(self, inputs: dict):
+        return self.model.extract_features(inputs["pixel_values"]).float().mean((2, 3))

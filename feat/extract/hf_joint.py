@@ -61,13 +61,18 @@ class HFJointEncoder(JointEncoder):
     def encode_pairs(self, texts: list[str], pixels) -> np.ndarray:
         import torch
 
+        with torch.inference_mode():
+            return self.embed(self.collate(texts, pixels)).float().cpu().numpy()
+
+    def collate(self, texts: list[str] | None, pixels=None) -> dict:
         from feat.extract.device import torch_dtype
 
         if len(texts) != len(pixels):
             raise ValueError(f"{len(texts)} texts for {len(pixels)} images")
-        with torch.inference_mode():
-            vectors = self.forward(self.tokenize(texts), pixels.to(self.runtime.device, torch_dtype(self.runtime.dtype)))
-        return vectors.float().cpu().numpy()
+        return {"text": self.tokenize(texts), "pixels": pixels.to(self.runtime.device, torch_dtype(self.runtime.dtype))}
+
+    def embed(self, inputs: dict):
+        return self.forward(inputs["text"], inputs["pixels"])
 
     @abstractmethod
     def forward(self, text, pixels):

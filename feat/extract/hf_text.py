@@ -60,14 +60,21 @@ class HFTextEncoder(TextEncoder):
     def encode_texts(self, texts: list[str]) -> np.ndarray:
         import torch
 
-        batch = self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
-                               return_tensors="pt").to(self.runtime.device)
         with torch.inference_mode():
-            out = self.model(**batch)
-            pooled = pool(out, batch["attention_mask"], self.pooling)
-            if self.normalize:
-                pooled = torch.nn.functional.normalize(pooled.float(), p=2, dim=1)
-        return pooled.float().cpu().numpy()
+            return self.embed(self.collate(texts)).float().cpu().numpy()
+
+    def collate(self, texts: list[str] | None, pixels=None) -> dict:
+        return self.tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
+                              return_tensors="pt").to(self.runtime.device)
+
+    def embed(self, inputs: dict):
+        import torch
+
+        out = self.model(**inputs)
+        pooled = pool(out, inputs["attention_mask"], self.pooling)
+        if self.normalize:
+            pooled = torch.nn.functional.normalize(pooled.float(), p=2, dim=1)
+        return pooled
 
 
 def pool(out, attention_mask, pooling: str):

@@ -72,12 +72,11 @@ class HFVisionEncoder(ImageEncoder):
     def encode_pixels(self, pixels) -> np.ndarray:
         import torch
 
-        from feat.extract.device import torch_dtype
-
         with torch.inference_mode():
-            out = self.model(pixel_values=pixels.to(self.runtime.device, torch_dtype(self.runtime.dtype)))
-            vectors = self.pool(out)
-        return vectors.float().cpu().numpy()
+            return self.embed(self.collate(None, pixels)).float().cpu().numpy()
+
+    def embed(self, inputs: dict):
+        return self.pool(self.model(pixel_values=inputs["pixel_values"]))
 
     def pool(self, out):
         if self.pooling == "pooler":

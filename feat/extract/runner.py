@@ -46,6 +46,7 @@ class ExtractConfig:
     force: bool = False  # re-encode a feature set whose fingerprint changed instead of refusing
     commit_every: int = 1024  # rows per durable commit (whole batches), bounding the work a crash can lose
     lock_timeout: float = 0  # seconds to wait for another process holding the cache lock
+    predict: bool = False  # the table has no split: every row is to predict (`feat predict`)
 
 
 @dataclass
@@ -103,13 +104,16 @@ class ExtractReport:
     bad_examples: list[tuple[str, str, str]] = field(default_factory=list)  # (feature set, id, reason), first few
 
 
-def extract(config: ExtractConfig) -> ExtractReport:
-    """Encode `config.data` with every encoder of `config.encoders` into `config.cache`."""
+def extract(config: ExtractConfig, prepared: dict[str, Encoder] | None = None) -> ExtractReport:
+    """Encode `config.data` with every encoder of `config.encoders` into `config.cache`. `prepared` (feature-set
+    name -> encoder) replaces `config.encoders` with ready encoders: a run's, with its fitted TF-IDF state or
+    fine-tuned weights (`feat predict`)."""
     started = time.perf_counter()
     _check_config(config)
-    encoders = _create_encoders(config)
+    named = prepared or {config.name or e.name: e for e in _create_encoders(config)}
+    encoders = list(named.values())
     needs_image = any("image" in e.modality for e in encoders)
-    table = load_table(config.data, config.columns, config.image_root, config.allow_outside_root)
+    table = load_table(config.data, config.columns, config.image_root, config.allow_outside_root, config.predict)
     _check_table(table, encoders)
     from feat.extract.device import select_device, select_dtype
 
@@ -122,7 +126,7 @@ def extract(config: ExtractConfig) -> ExtractReport:
         digests = _image_digests(table) if needs_image else None
         # Every stale feature set is refused before the first write: a refused run leaves the cache as it was
         # (items.h5 included, which must stay aligned with the feature sets it describes).
-        plans = [_plan(cache, table, encoder, config, runtime, digests) for encoder in encoders]
+        plans = [_plan(cache, table, name, encoder, config, runtime, digests) for name, encoder in named.items()]
         cache.write_items(table.frame, {"source": str(table.source), "image_root": str(table.image_root),
                                         "columns": vars(config.columns)})
         for plan in plans:
@@ -171,7 +175,7 @@ def _check_table(table: Table, encoders: list[Encoder]) -> None:
         if "text" in encoder.modality and not table.has_text:
             raise InputError(f"encoder '{encoder.name}' needs a text column '{table.columns.text}' "
                              "(use --text-col)")
-        if isinstance(encoder, FittedEncoder) and not (table.frame["split"] == "train").any():
+        if isinstance(encoder, FittedEncoder) and not encoder.frozen and not (table.frame["split"] == "train").any():
             raise InputError(f"encoder '{encoder.name}' is fitted on the train split, and it has no rows "
                              f"(splits: {', '.join(sorted(set(table.frame['split'])))})")
         if "image" in encoder.modality and not table.has_image:
@@ -197,11 +201,10 @@ def _image_digests(table: Table) -> list[str]:
             for path, error in zip(table.frame["image_path"], table.frame["image_error"])]
 
 
-def _plan(cache: FeatureCache, table: Table, encoder: Encoder, config: ExtractConfig, runtime: Runtime,
+def _plan(cache: FeatureCache, table: Table, name: str, encoder: Encoder, config: ExtractConfig, runtime: Runtime,
           digests: list[str] | None) -> _Plan:
-    name = config.name or encoder.name
     texts = _texts(table)
-    if isinstance(encoder, FittedEncoder):
+    if isinstance(encoder, FittedEncoder) and not encoder.frozen:
         encoder.fit_key(_train_texts(table))
     fingerprint = _fingerprint(encoder, runtime, config)
     stored = cache.fingerprint(name)
@@ -331,7 +334,8 @@ def _encode(cache, table, encoder, name, config, runtime, fingerprint, todo, has
     with progress_bar(name, len(todo)) as advance:
         if isinstance(encoder, FittedEncoder):
             encoder.load(runtime)
-            encoder.fit(_train_texts(table))
+            if not encoder.frozen:
+                encoder.fit(_train_texts(table))
             matrix = encoder.transform_texts([texts[i] for i in todo])
             committer.add([ids[i] for i in todo], [hashes[i] for i in todo], matrix, [True] * len(todo),
                           [""] * len(todo))
