@@ -176,12 +176,14 @@ def fuse(
 ):
     """Train one fusion head on cached features; writes config, weights, metrics, predictions and a plot."""
     from feat.console import console
+    from feat.fuse.data import describe_report
     from feat.fuse.run import FuseSpec, run_fuse
 
     head, train = _head_train(strategy, common_dim, dropout, depth, width, seed, epochs, batch_size, lr,
                               weight_decay, warmup, patience, metric, class_weights, standardize, missing, precision)
     result = run_fuse(FuseSpec(cache, _split_features(features), label, out, head, train))
     m = result.metrics
+    console.print(describe_report(result.data_report))
     console.print(f"{strategy} on {features}, seed {seed}: best epoch {m['best_epoch']}, "
                   f"dev {result.metric} {m['dev'][result.metric]:.4f}, test {result.metric} "
                   f"{m['test'][result.metric]:.4f}, test accuracy {m['test']['accuracy']:.4f} "

@@ -19,7 +19,7 @@ import pandas as pd
 from feat.errors import InputError
 from feat.fuse import artifacts as art
 from feat.fuse.config import HeadConfig, TrainConfig, to_dict
-from feat.fuse.data import FusionData, load_data
+from feat.fuse.data import FusionData, describe_report, load_data
 from feat.fuse.registry import REFERENCE, STRATEGIES, UNIMODAL, strategy_class
 from feat.fuse.run import FuseSpec, check_spec, run_fuse
 
@@ -152,6 +152,7 @@ def run_ablation(spec: AblateSpec):
             rows[i] = result_row(run, done, metric)
         else:
             todo.append(i)
+    console.print(describe_report(data.report))
     console.print(f"ablation: {len(runs)} runs ({len(runs) - len(todo)} already done) on {len(data.ids)} items, "
                   f"{spec.workers} worker(s), selection metric dev {metric}")
     dims = {f: data.matrices[f].shape[1] for f in features}

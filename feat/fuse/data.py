@@ -111,6 +111,26 @@ def load_data(cache_dir, features: list[str], label: str, missing: str = "drop",
     return data
 
 
+def describe_report(report: dict) -> str:
+    """One line: usable rows per split and what was dropped or zero-filled, and why."""
+    rows = ", ".join(f"{s} {n}" for s, n in report["rows"].items())
+    parts = [f"rows: {rows}"]
+    unlabelled = sum(report["unlabelled_dropped"].values())
+    if unlabelled:
+        parts.append(f"dropped {unlabelled} without a label ({_per_split(report['unlabelled_dropped'])})")
+    if sum(report.get("invalid_dropped", {}).values()):
+        parts.append(f"dropped {sum(report['invalid_dropped'].values())} invalid in the cache "
+                     f"({_per_split(report['invalid_dropped'])})")
+    for feature, counts in report.get("invalid_zeroed", {}).items():
+        if sum(counts.values()):
+            parts.append(f"zero-filled {sum(counts.values())} invalid {feature} rows ({_per_split(counts)})")
+    return "; ".join(parts)
+
+
+def _per_split(counts: dict) -> str:
+    return ", ".join(f"{s} {n}" for s, n in counts.items() if n)
+
+
 def fit_stats(data: FusionData) -> dict[str, dict[str, np.ndarray]]:
     """Per-input mean and scale from the valid TRAIN rows only (float32, what `prepare` applies).
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from feat.errors import FeatError
 from feat.fuse import artifacts as art
 from feat.fuse.data import FusionData
 from feat.fuse.metrics import higher_is_better
@@ -88,7 +89,7 @@ def _test_predictions(run_dir: Path, ids: np.ndarray, classes: list[str]) -> np.
     frame = pd.read_csv(run_dir / "predictions_test.csv", dtype={"id": str, "true": str, "pred": str},
                         keep_default_na=False)
     if not np.array_equal(frame["id"].to_numpy(dtype=object), ids):
-        raise ValueError(f"{run_dir}: test items differ from the ablation's")
+        raise FeatError(f"{run_dir}: its test items differ from the ablation's; delete the run folder to redo it")
     position = {c: i for i, c in enumerate(classes)}
     return np.array([position[c] for c in frame["pred"]], dtype=np.int64)
 

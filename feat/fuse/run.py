@@ -45,6 +45,7 @@ class RunResult:
     out: Path
     metrics: dict  # as in metrics.json
     metric: str  # the selection metric
+    data_report: dict  # rows per split, rows dropped / zero-filled and why
 
 
 def check_spec(spec: FuseSpec) -> None:
@@ -96,7 +97,7 @@ def run_fuse(spec: FuseSpec, data: FusionData | None = None) -> RunResult:
     metrics = {"dev": splits["dev"][0], "test": splits["test"][0], "best_epoch": result.best_epoch,
                "seed": spec.train.seed, "train_seconds": round(result.seconds, 3)}
     art.write_json(out / art.METRICS, metrics)
-    return RunResult(out, metrics, result.metric)
+    return RunResult(out, metrics, result.metric, data.report)
 
 
 def _inputs(data: FusionData, cfg: TrainConfig) -> tuple[dict | None, Inputs]:
