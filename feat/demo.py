@@ -35,8 +35,8 @@ def run_demo(out: Path, rows: int = 600, seeds: int = 3, workers: int = 2) -> No
 
     summary = run_ablation(AblateSpec(report.cache, [[TEXT], [IMAGE], [TEXT, IMAGE]], ["all"], seeds, "label",
                                       out / "ablation", workers=workers, curves=False))
-    console.print(summary.markdown, markup=False)
-    console.print(_comparison(summary), markup=False)
+    console.print(summary.markdown, markup=False, soft_wrap=True)
+    console.print(_comparison(summary), markup=False, soft_wrap=True)
     console.print(f"report: {summary.out / 'summary.md'} (plots bars.png, heatmap.png, modality_weights.png); "
                   f"best run: {summary.out / summary.best_run}; demo took {time.perf_counter() - start:.0f} s")
 
@@ -48,8 +48,9 @@ def _comparison(summary) -> str:
     text = table[(table["features"] == TEXT) & (table["strategy"] == "single")].iloc[0]
     image = table[(table["features"] == IMAGE) & (table["strategy"] == "single")].iloc[0]
     beats = fusion[m] > text[m] and fusion[m] > image[m]
+    p = "p < 0.001" if fusion["p_value"] < 0.001 else f"p = {fusion['p_value']:.3f}"
     verdict = "fusion beats text-only and image-only" if beats else "fusion does NOT beat both unimodal baselines"
     return (f"{verdict}: {fusion['strategy']} on {fusion['features']} (best fusion by dev) test "
             f"{summary.test_metric} {fusion[m]:.3f} [{fusion['test_ci_low']:.3f}, {fusion['test_ci_high']:.3f}] "
             f"vs text-only {TEXT} {text[m]:.3f} vs image-only {IMAGE} {image[m]:.3f} (mean of "
-            f"{int(fusion['runs'])} seeds; p = {fusion['p_value']:.3g} against the best unimodal, paired bootstrap)")
+            f"{int(fusion['runs'])} seeds; {p} against the best unimodal by dev, paired bootstrap)")

@@ -67,7 +67,9 @@ def test_summary_is_ranked_by_dev_not_test(tmp_path):
     y = np.array([0, 1] * (n // 2))
     data = FusionData(["a", "b"], ids, np.array(["test"] * n, dtype=object), y, ["no", "yes"], {}, {}, {})
     rows = []
-    for features, strategy, dev, right in [("a+b", "x", 0.9, 12), ("a+b", "y", 0.8, 18), ("a", "single", 0.7, 14)]:
+    configs = [("a+b", "x", 0.9, 12, 0.5), ("a+b", "y", 0.8, 18, 0.5), ("a", "single", 0.7, 14, 0.5),
+               ("b", "single", 0.7, 10, 0.4)]  # ties a / single on dev f1 with a lower dev loss
+    for features, strategy, dev, right, loss in configs:
         for seed in (0, 1):
             run = f"runs/{features}__{strategy}__seed{seed}"
             (tmp_path / run).mkdir(parents=True)
@@ -75,13 +77,15 @@ def test_summary_is_ranked_by_dev_not_test(tmp_path):
             pd.DataFrame({"id": ids, "true": np.array(["no", "yes"])[y], "pred": np.array(["no", "yes"])[pred]}).to_csv(
                 tmp_path / run / "predictions_test.csv", index=False)
             rows.append({"features": features, "strategy": strategy, "seed": seed, "n_inputs": features.count("+") + 1,
-                         "dev_f1": dev + 0.01 * seed, "test_f1": f1_score(y, pred), "best_epoch": 1, "seconds": 1.0,
+                         "dev_f1": dev + 0.01 * seed, "dev_loss": loss, "test_f1": f1_score(y, pred), "best_epoch": 1,
+                         "seconds": 1.0,
                          "run": run})
     summary = write_report(tmp_path, pd.DataFrame(rows), data, "f1")
-    assert list(summary.table["strategy"]) == ["x", "y", "single"]
+    assert list(zip(summary.table["features"], summary.table["strategy"])) == [
+        ("a+b", "x"), ("a+b", "y"), ("b", "single"), ("a", "single")]
     assert summary.best_run == "runs/a+b__x__seed1"  # best dev seed of the best dev configuration
-    assert summary.table["dev_f1_mean"].tolist() == pytest.approx([0.905, 0.805, 0.705])
-    assert summary.table["dev_f1_std"].tolist() == pytest.approx([0.01 / 2 ** 0.5] * 3)
-    assert summary.best_unimodal == "a / single"
+    assert summary.table["dev_f1_mean"].tolist() == pytest.approx([0.905, 0.805, 0.705, 0.705])
+    assert summary.table["dev_f1_std"].tolist() == pytest.approx([0.01 / 2 ** 0.5] * 4)
+    assert summary.best_unimodal == "b / single"
     assert np.isnan(summary.table["p_value"].iloc[2]) and summary.table["p_value"].iloc[1] < 0.2
     assert (tmp_path / "best").read_text().strip() == "runs/a+b__x__seed1"

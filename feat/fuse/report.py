@@ -50,12 +50,15 @@ def write_report(out: Path, results: pd.DataFrame, data: FusionData, metric: str
         lo, hi = bootstrap_ci(y, np.stack([preds[r] for r in g["run"]]), k, test_metric)
         table.append({"features": features, "strategy": strategy, "n_inputs": int(g["n_inputs"].iloc[0]),
                       "runs": len(g), f"dev_{metric}_mean": dev_mean, f"dev_{metric}_std": dev_std,
+                      "dev_loss_mean": float(g["dev_loss"].mean()),
                       f"test_{test_metric}_mean": test_mean, f"test_{test_metric}_std": test_std,
                       "test_ci_low": lo, "test_ci_high": hi, "best_epoch_mean": float(g["best_epoch"].mean()),
                       "seconds_mean": float(g["seconds"].mean())})
     table = pd.DataFrame(table)
     sign = -1 if higher_is_better(metric) else 1
-    table = table.iloc[np.argsort(sign * table[f"dev_{metric}_mean"].to_numpy(), kind="stable")].reset_index(drop=True)
+    # dev metric first; ties (common once dev saturates) go to the lower mean dev loss, never to test
+    order = np.lexsort((table["dev_loss_mean"].to_numpy(), sign * table[f"dev_{metric}_mean"].to_numpy()))
+    table = table.iloc[order].reset_index(drop=True)
     table.insert(0, "rank", np.arange(1, len(table) + 1))
 
     unimodal = table[table["n_inputs"] == 1]
@@ -111,7 +114,8 @@ def _markdown(table: pd.DataFrame, metric: str, test_metric: str, best_run: str,
                      f"{delta} | {p} |")
     positive = f"; positive class '{classes[1]}'" if len(classes) == 2 and test_metric == "f1" else ""
     notes = [
-        f"Ranked by mean dev {metric} over seeds (test is never used to choose). Mean ± std over seeds; the CI "
+        f"Ranked by mean dev {metric} over seeds, ties by mean dev loss (test is never used to choose). "
+        f"Mean ± std over seeds; the CI "
         f"is a 95% percentile bootstrap over the {n_test} test items of the seed-averaged test {test_metric}"
         f"{positive}.",
         f"Δ and p: paired bootstrap (same resampled test items, 2000 draws) against the best unimodal "
