@@ -170,7 +170,7 @@ def _fit_sgd(head, cfg: TrainConfig, data: FusionData, inputs: Inputs, metric: s
         history.append({"epoch": epoch, "train_loss": loss_sum / len(train_rows), "dev_loss": dev["loss"],
                         f"dev_{metric}": dev[metric], "lr": schedule.get_last_lr()[0]})
         value = score(dev, metric)
-        if value > best:
+        if value > best or best_state is None:  # an undefined metric (-inf) still yields a state
             best, best_epoch, stale = value, epoch, 0
             best_state = {k: v.detach().clone() for k, v in head.state_dict().items()}  # a real copy
         else:
