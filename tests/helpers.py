@@ -110,8 +110,12 @@ class ProbeTextEncoder(TextEncoder):
     """8-d vectors from the text's hash, plus two batch-dependent columns (padded length, batch digest).
 
     FEAT_TEST_BATCH_DELAY (seconds per batch) slows it down so that a kill lands mid-run;
+    FEAT_TEST_BATCH_GATE=<file>: every batch after the first waits until that file exists (a run that holds
+    the cache for as long as a test needs);
     FEAT_TEST_ENCODE_LOG appends the first word of every encoded text, one line per batch, after the batch.
     """
+
+    batches_done = 0
 
     name = "probe-text"
     accepts = frozenset({"max_length"})
@@ -134,6 +138,11 @@ class ProbeTextEncoder(TextEncoder):
         delay = float(os.environ.get("FEAT_TEST_BATCH_DELAY", "0"))
         if delay:
             time.sleep(delay)
+        gate = os.environ.get("FEAT_TEST_BATCH_GATE")
+        if gate and self.batches_done:
+            while not os.path.exists(gate):
+                time.sleep(0.01)
+        self.batches_done += 1
         padded = max(self.token_lengths(texts))
         batch = hashlib.sha256("\x1e".join(texts).encode("utf-8", "surrogatepass")).digest()
         out = np.empty((len(texts), 8), dtype=np.float32)

@@ -28,9 +28,13 @@ from helpers import MVSA, REPO, TESTS_DIR, cli, files_under, register_test_encod
 SUMMARY = re.compile(r"(\d+) rows \((?:(\d+) encoded in (\d+) batches|no forward pass[^;]*); (\d+) reused")
 
 
-def spawn(args, log: Path | None = None, delay: float = 0.0, kill_in: str | None = None) -> subprocess.Popen:
+def spawn(args, log: Path | None = None, delay: float = 0.0, kill_in: str | None = None,
+          gate: Path | None = None) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")]))
-    env.pop("FEAT_TEST_KILL_IN", None)
+    for key in ("FEAT_TEST_KILL_IN", "FEAT_TEST_BATCH_GATE", "FEAT_TEST_ENCODE_LOG", "FEAT_TEST_BATCH_DELAY"):
+        env.pop(key, None)
+    if gate is not None:
+        env["FEAT_TEST_BATCH_GATE"] = str(gate)
     if log is not None:
         env["FEAT_TEST_ENCODE_LOG"] = str(log)
     if delay:
@@ -191,25 +195,34 @@ def test_concurrent_extracts_and_a_reader(tmp_path, monkeypatch):
     extract(ExtractConfig(data=data, cache=cache, encoders=["probe-text"]))
     old_ids = list(FeatureCache(cache).read("probe-text").rows.ids)
     text_table(tmp_path / "d.csv", 600)
-    log = tmp_path / "log"
-    # Slow enough to outlast the second run's interpreter start-up.
+    log, gate = tmp_path / "log", tmp_path / "gate"
+    # It encodes one batch, then holds the cache until the gate opens.
     first = spawn(["extract", data, "-e", "probe-text", "-c", cache, "--batch-size", "8", "--commit-every", "8"],
-                  log=log, delay=0.15)
-    assert wait_for(lambda: log.exists(), 60, first)
-    started = time.monotonic()
-    second = spawn(["extract", data, "-e", "probe-text", "-c", cache])
-    output, _ = second.communicate(timeout=60)
-    assert second.returncode == 1 and "is in use by another feat process" in output, output
-    assert first.poll() is None, "the second run was refused while the first was still running"
-    new_ids = [f"r{i:05d}" for i in range(600)]
-    seen = set()
-    while first.poll() is None:
-        rows = FeatureCache(cache).read("probe-text").rows
-        assert list(rows.ids) in (old_ids, new_ids) and rows.matrix.shape == (len(rows), 8)
-        seen.add(len(rows))
-        time.sleep(0.005)
-    assert first.returncode == 0 and time.monotonic() - started < 60
-    assert 300 in seen
+                  log=log, gate=gate)
+    try:
+        assert wait_for(lambda: log.exists(), 60, first)
+        started = time.monotonic()
+        second = spawn(["extract", data, "-e", "probe-text", "-c", cache])
+        output, _ = second.communicate(timeout=60)
+        assert second.returncode == 1 and "is in use by another feat process" in output, output
+        assert time.monotonic() - started < 30
+        new_ids = [f"r{i:05d}" for i in range(600)]
+        seen = set()
+
+        def read_whole_file():
+            rows = FeatureCache(cache).read("probe-text").rows
+            assert list(rows.ids) in (old_ids, new_ids) and rows.matrix.shape == (len(rows), 8)
+            seen.add(len(rows))
+
+        read_whole_file()  # while the first run holds the cache, the old file is whole and readable
+        gate.touch()
+        while first.poll() is None:
+            read_whole_file()
+            time.sleep(0.005)
+        assert first.returncode == 0 and seen >= {300}
+    finally:
+        first.kill()
+        first.wait()
     final = FeatureCache(cache).read("probe-text").rows
     assert len(final) == 600 and final.valid.all()
 
