@@ -257,5 +257,99 @@ def demo(
     run_demo(out, rows)
 
 
+# ----- Stage 3: fine-tuning and prediction ------------------------------------------------------------
+@app.command()
+@_friendly_errors
+def finetune(
+    run: Annotated[Path, typer.Argument(help="A `feat fuse` run folder, or an ablation folder (its best run by "
+                                             "dev; --top K for its K best configurations).")],
+    data: Annotated[Path, typer.Option(help="The table the run's cache was extracted from (raw texts and "
+                                            "images; they must be the ones the cached features were made of).")],
+    out: Annotated[Path, typer.Option(help="Output folder, laid out like a run (loadable by `feat predict`).")] = Path("feat-finetune"),
+    top: Annotated[int, typer.Option(help="Ablation folder: fine-tune its K best configurations, each into OUT/<run>.")] = 1,
+    cache: Annotated[Optional[Path], typer.Option("--cache", "-c", help="The run's cache (default: the one its "
+                                                                       "config.json records).")] = None,
+    image_root: Annotated[Optional[Path], typer.Option(help="Image root (default: the one the cache was "
+                                                            "extracted with).")] = None,
+    freeze: Annotated[str, typer.Option(help="none | text | vision | joint: keep those encoders as cached (their "
+                                             "features are read from the cache).")] = "none",
+    unfreeze_last: Annotated[int, typer.Option(help="Train only the last N blocks of each encoder's layer stack "
+                                                    "and the layers after it; -1 = every layer.")] = -1,
+    epochs: Annotated[int, typer.Option(help="Maximum epochs (early stopping on dev).")] = 15,
+    batch_size: Annotated[int, typer.Option(help="Rows per forward pass.")] = 16,
+    grad_accum: Annotated[int, typer.Option(help="Batches per optimizer step.")] = 1,
+    max_steps: Annotated[int, typer.Option(help="Stop after this many optimizer steps (0 = no limit).")] = 0,
+    lr_encoder: Annotated[float, typer.Option(help="AdamW peak learning rate of the encoders.")] = 2e-5,
+    lr_head: Annotated[float, typer.Option(help="AdamW peak learning rate of the head.")] = 1e-3,
+    weight_decay: WeightDecay = 1e-4, warmup: Warmup = 0.1,
+    clip: Annotated[float, typer.Option(help="Max global gradient norm.")] = 1.0,
+    patience: Patience = 5,
+    seed: Annotated[int, typer.Option(help="Seed of dropout and batch order.")] = 0,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
+    amp: Annotated[str, typer.Option(help="auto (bf16 on GPUs that have it, else fp16 with loss scaling; float32 "
+                                          "on CPU) | off | bf16 | fp16.")] = "auto",
+    grad_checkpointing: Annotated[bool, typer.Option(help="Recompute activations in the backward pass (less memory).")] = False,
+    num_workers: Annotated[int, typer.Option(help="Image decoding worker processes.")] = 0,
+    checkpoint_every: Annotated[int, typer.Option(help="Optimizer steps between mid-epoch checkpoints "
+                                                       "(0 = at each epoch end only).")] = 0,
+    resume: Annotated[bool, typer.Option(help="Continue from OUT's last checkpoint after a crash.")] = False,
+    curve: Annotated[bool, typer.Option(help="Write learning_curve.png.")] = True,
+):
+    """Fine-tune a run's encoders end to end from its trained head; parity with the run is checked first."""
+    from feat.console import console
+    from feat.finetune.config import FinetuneConfig
+    from feat.finetune.run import FinetuneSpec, describe, run_finetune
+
+    config = FinetuneConfig(epochs=epochs, batch_size=batch_size, grad_accum=grad_accum, max_steps=max_steps,
+                            lr_encoder=lr_encoder, lr_head=lr_head, weight_decay=weight_decay, warmup=warmup,
+                            clip=clip, patience=patience, freeze=freeze, unfreeze_last=unfreeze_last, seed=seed,
+                            amp=amp, grad_checkpointing=grad_checkpointing, checkpoint_every=checkpoint_every)
+    results = run_finetune(FinetuneSpec(run, data, out, config, top, cache, image_root, device, num_workers, resume,
+                                        curve))
+    for result in results:
+        console.print(describe(result), soft_wrap=True)
+
+
+@app.command()
+@_friendly_errors
+def predict(
+    run: Annotated[Path, typer.Argument(help="A `feat fuse` or `feat finetune` run folder.")],
+    data: Annotated[Path, typer.Argument(help="Rows to label (CSV/TSV/Parquet); no split or label column needed.")],
+    out: Annotated[Path, typer.Option(help="Predictions CSV: id, pred, p_<class> per class, reason.")] = Path("predictions.csv"),
+    cache: Annotated[Optional[Path], typer.Option("--cache", "-c", help="Feature cache of the new rows "
+                                                                       "(default: RUN/predict-cache).")] = None,
+    id_col: Annotated[Optional[str], typer.Option(help="Id column (default: as in the run's cache).")] = None,
+    text_col: Annotated[Optional[str], typer.Option(help="Text column (default: as in the run's cache).")] = None,
+    image_col: Annotated[Optional[str], typer.Option(help="Image column (default: as in the run's cache).")] = None,
+    image_root: Annotated[Optional[Path], typer.Option(help="Image paths are relative to this folder "
+                                                            "(default: the data file's folder).")] = None,
+    allow_outside_root: Annotated[bool, typer.Option(help="Accept image paths outside the image root.")] = False,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda | cuda:N")] = "auto",
+    batch_size: Annotated[int, typer.Option(help="Items per forward pass.")] = 32,
+    num_workers: Annotated[int, typer.Option(help="Image decoding worker processes.")] = 0,
+    on_bad_image: Annotated[str, typer.Option(help="fail | skip (no prediction, reason given) | zero (zero "
+                                                   "vector); as `feat extract`.")] = "skip",
+):
+    """Label new rows with a trained run: its encoders (through a feature cache), standardisation and head."""
+    from rich.markup import escape
+
+    from feat.console import console
+    from feat.predict import PredictSpec, predict as run_predict
+
+    report = run_predict(PredictSpec(run, data, out, cache, {"id": id_col, "text": text_col, "image": image_col},
+                                     image_root, allow_outside_root, device, batch_size, num_workers, on_bad_image))
+    for extraction in report.extract:
+        for note in extraction.notes:
+            console.print(f"[dim]{escape(note)}", soft_wrap=True)
+        for line in extraction.encoders:
+            console.print(escape(line.line()), soft_wrap=True)
+    console.print(escape(f"{report.predicted} of {report.rows} rows predicted -> {report.out} (features in "
+                         f"{report.cache})"), soft_wrap=True)
+    for item, reason in report.unpredicted[:5]:
+        console.print(escape(f"  no prediction for {item}: {reason}"), soft_wrap=True)
+    if len(report.unpredicted) > 5:
+        console.print(f"  ... and {len(report.unpredicted) - 5} more (column 'reason' of {report.out})", soft_wrap=True)
+
+
 if __name__ == "__main__":
     app()
