@@ -33,7 +33,21 @@ def parser(description: str, rows: int | None = None, rounds: int | None = 3) ->
         p.add_argument("--rounds", type=int, default=rounds, help=f"interleaved repetitions (default {rounds})")
     p.add_argument("--workdir", type=Path, default=None, help="scratch folder (default: a temporary one)")
     p.add_argument("--keep", action="store_true", help="keep the scratch folder")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch threads for this process and OMP_NUM_THREADS for child processes (default: "
+                        "torch's own, one per core); 1 avoids OpenMP barrier stalls on a contended machine")
     return p
+
+
+def start(p: argparse.ArgumentParser) -> argparse.Namespace:
+    """Parse the arguments and apply --threads."""
+    args = p.parse_args()
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        os.environ["OMP_NUM_THREADS"] = str(args.threads)
+    return args
 
 
 @contextlib.contextmanager

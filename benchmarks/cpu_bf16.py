@@ -21,7 +21,7 @@ def main() -> None:
     p.add_argument("--image-rows", type=int, default=160, help="rows for image encoders (default 160)")
     p.add_argument("--encoders", default="minilm,effnet")
     p.add_argument("--batch-size", type=int, default=32)
-    args = p.parse_args()
+    args = C.start(p)
     from feat.cache import FeatureCache
 
     rows = []

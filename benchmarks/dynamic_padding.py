@@ -25,7 +25,7 @@ def main() -> None:
     p = C.parser(__doc__.splitlines()[0], rows=600, rounds=3)
     p.add_argument("--encoder", default="minilm")
     p.add_argument("--batch-size", type=int, default=32)
-    args = p.parse_args()
+    args = C.start(p)
     import pandas as pd
 
     from feat.cache import FeatureCache

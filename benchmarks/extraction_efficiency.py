@@ -59,7 +59,7 @@ def main() -> None:
     p.add_argument("--encoders", default="minilm,effnet")
     p.add_argument("--image-rows", type=int, default=320, help="rows for image encoders (default 320)")
     p.add_argument("--batch-size", type=int, default=32)
-    args = p.parse_args()
+    args = C.start(p)
     import pandas as pd
 
     rows = []

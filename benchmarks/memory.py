@@ -22,7 +22,7 @@ def main() -> None:
     p.add_argument("--image-rows", type=int, default=100)
     p.add_argument("--encoders", default="minilm,effnet")
     p.add_argument("--batch-size", type=int, default=32)
-    args = p.parse_args()
+    args = C.start(p)
     rows = []
     with C.scratch(args) as folder:
         for name in args.encoders.split(","):

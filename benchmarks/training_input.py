@@ -63,7 +63,7 @@ def read_proposed(path: Path) -> np.ndarray:
 
 def main() -> None:
     p = C.parser(__doc__.splitlines()[0], rows=None, rounds=15)
-    args = p.parse_args()
+    args = C.start(p)
     import h5py
 
     from feat.cache import FeatureCache

@@ -80,7 +80,7 @@ def main() -> None:
     p = C.parser(__doc__.splitlines()[0], rows=10_000, rounds=3)
     p.add_argument("--real", action="store_true", help="build the cache with real forward passes (slow)")
     p.add_argument("--profile", action="store_true", help="print a cProfile of one in-process warm run")
-    args = p.parse_args()
+    args = C.start(p)
     with C.scratch(args) as folder:
         started = time.perf_counter()
         data = C.synthetic(folder, args.rows, image_size=64)
