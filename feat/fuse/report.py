@@ -139,7 +139,7 @@ def _plots(out: Path, table: pd.DataFrame, results: pd.DataFrame, metric: str, t
     ax.barh(np.arange(len(table)), mean, xerr=np.maximum(err, 0), color=colours, capsize=3)
     ax.set_yticks(np.arange(len(table)), labels, fontsize=7)
     ax.invert_yaxis()
-    ax.set_xlabel(f"test {test_metric} (95% bootstrap CI); ranked by dev {metric}; grey = unimodal")
+    ax.set_xlabel(f"test {test_metric}, 95% bootstrap CI (ranked by dev; grey: unimodal)", fontsize=8)
     fig.tight_layout()
     art.atomic_write(out / PLOTS[0], lambda p: fig.savefig(p, format="png"))
     plt.close(fig)
@@ -165,7 +165,9 @@ def _plots(out: Path, table: pd.DataFrame, results: pd.DataFrame, metric: str, t
         means.columns = [c.removeprefix("test_weight_") for c in columns]
         means.index = [f"{f} / {s}" for f, s in means.index]
         means.plot.bar(ax=ax, rot=15, fontsize=7)
-        ax.set_ylabel("mean learned weight (test items, over seeds)")
+        ax.set_ylabel("mean weight on test items", fontsize=8)
+        ax.set_ylim(0, 1)
+        ax.legend(fontsize=7, loc="upper right")
     else:
         ax.text(0.5, 0.5, "no strategy with learned modality weights in this ablation", ha="center", va="center")
         ax.set_axis_off()
