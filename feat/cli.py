@@ -140,14 +140,14 @@ Precision = Annotated[str, typer.Option(help="fp32 | bf16 (float32 matmuls compu
                                              "AMX / AVX512-BF16: ~1.5x faster training, slightly other numbers).")]
 
 
-def _head_train(strategy, common_dim, dropout, depth, width, seed, epochs, batch_size, lr, weight_decay, warmup,
-                patience, metric, class_weights, standardize, missing, precision):
+def _configs(options: dict):
+    """HeadConfig and TrainConfig from a command's options: each config field is the option of that name."""
+    from dataclasses import fields
+
     from feat.fuse.config import HeadConfig, TrainConfig
 
-    return (HeadConfig(strategy=strategy, common_dim=common_dim, dropout=dropout, depth=depth, width=width),
-            TrainConfig(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, warmup=warmup,
-                        patience=patience, metric=metric, class_weights=class_weights, standardize=standardize,
-                        missing=missing, seed=seed, precision=precision))
+    return tuple(cls(**{f.name: options[f.name] for f in fields(cls) if f.name in options})
+                 for cls in (HeadConfig, TrainConfig))
 
 
 def _strategy_help() -> str:
@@ -179,8 +179,7 @@ def fuse(
     from feat.fuse.data import describe_report
     from feat.fuse.run import FuseSpec, run_fuse
 
-    head, train = _head_train(strategy, common_dim, dropout, depth, width, seed, epochs, batch_size, lr,
-                              weight_decay, warmup, patience, metric, class_weights, standardize, missing, precision)
+    head, train = _configs(locals())
     result = run_fuse(FuseSpec(cache, _split_features(features), label, out, head, train))
     m = result.metrics
     console.print(describe_report(result.data_report))
@@ -237,12 +236,62 @@ def ablate(
     from feat.console import console
     from feat.fuse.ablate import AblateSpec, run_ablation
 
-    head, train = _head_train("single", common_dim, dropout, depth, width, 0, epochs, batch_size, lr,
-                              weight_decay, warmup, patience, metric, class_weights, standardize, missing, precision)
+    head, train = _configs(locals())  # strategy and seed are set per run
     summary = run_ablation(AblateSpec(cache, [_split_features(f) for f in features], strategies, seeds, label,
                                       out, head, train, workers, curves))
     typer.echo(summary.markdown)
     console.print(f"report: {summary.out / 'summary.md'}; best run: {summary.out / summary.best_run}")
+
+
+def _model_overrides(values: list[str]) -> dict[str, str]:
+    from feat.errors import InputError
+
+    pairs = [v.split("=", 1) for v in values]
+    bad = [v for v, p in zip(values, pairs) if len(p) != 2 or not p[0].strip() or not p[1].strip()]
+    if bad:
+        raise InputError(f"--model takes ENCODER=ID_OR_FOLDER, got '{bad[0]}'")
+    return {name.strip(): model.strip() for name, model in pairs}
+
+
+@app.command()
+@_friendly_errors
+def study(
+    data: Data,
+    label: Annotated[str, typer.Option(help="Label column (the task).")],
+    out: Annotated[Path, typer.Option(help="Study folder: report.md, study.png, costs.json, ablation/, cache/.")] = Path("feat-study"),
+    preset: Annotated[str, typer.Option(help="Study preset; `reference`: the unimodal-vs-multimodal study "
+                                             "(text towers, image towers, their pairs, joint encoders).")] = "reference",
+    encoders: Annotated[Optional[str], typer.Option(help="Comma-separated encoders replacing the preset's "
+                                                         "list, e.g. minilm,tfidf,effnet.")] = None,
+    model: Annotated[list[str], typer.Option(help="ENCODER=ID_OR_FOLDER: another checkpoint or a local folder "
+                                                 "for one encoder; repeat for several.")] = [],
+    seeds: Annotated[Optional[int], typer.Option(help="Seeds per configuration (default: the preset's).")] = None,
+    strategies: Annotated[Optional[str], typer.Option(help="Comma-separated fusion strategies for the pairs "
+                                                           "(default: the preset's).")] = None,
+    cache: Annotated[Optional[Path], typer.Option("--cache", "-c", help="Feature cache (default: OUT/cache).")] = None,
+    id_col: Annotated[str, typer.Option(help="Id column.")] = "id",
+    text_col: Annotated[str, typer.Option(help="Text column.")] = "text",
+    image_col: Annotated[str, typer.Option(help="Image path column.")] = "image",
+    split_col: Annotated[str, typer.Option(help="Split column.")] = "split",
+    image_root: Annotated[Optional[Path], typer.Option(help="Image paths are relative to this folder.")] = None,
+    device: Annotated[str, typer.Option(help="Extraction device: auto | cpu | cuda | cuda:N")] = "auto",
+    num_workers: Annotated[int, typer.Option(help="Image decoding worker processes during extraction.")] = 0,
+    workers: Annotated[int, typer.Option(help="Ablation worker processes.")] = 2,
+    force: Annotated[bool, typer.Option(help="Re-encode a feature set whose fingerprint changed.")] = False,
+):
+    """Unimodal vs multimodal on every available encoder: extract, ablate, report.md with answers, costs, figure."""
+    from feat.console import console
+    from feat.data import Columns
+    from feat.study import StudyConfig, run_study
+
+    result = run_study(StudyConfig(
+        data=data, label=label, out=out, preset=preset, models=_model_overrides(model), seeds=seeds,
+        encoders=_split_features(encoders) if encoders is not None else None,
+        strategies=_split_features(strategies) if strategies is not None else None, cache=cache,
+        columns=Columns(id_col, text_col, image_col, split_col), image_root=image_root, device=device,
+        num_workers=num_workers, workers=workers, force=force))
+    typer.echo(result.report.read_text())
+    console.print(f"report: {result.report}; figure: {result.figure}", soft_wrap=True)
 
 
 @app.command()
