@@ -47,6 +47,8 @@ def test_fuse_writes_a_complete_run_and_evaluate_reproduces_it(cache, tmp_path):
     config = json.loads((out / "config.json").read_text())
     assert config["classes"] == ["no", "yes"] and config["metric"] == "f1"
     assert set(config["fingerprints"]) == {"a", "b"}
+    assert config["head"]["strategy"] == "weighted_mean" and config["head"]["common_dim"] == 16
+    assert (config["train"]["epochs"], config["train"]["batch_size"], config["train"]["lr"]) == (4, 32, 3e-3)
 
     for split in ("dev", "test"):
         result = invoke("evaluate", out, "--split", split)
