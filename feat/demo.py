@@ -34,7 +34,7 @@ def run_demo(out: Path, rows: int = 600, seeds: int = 3, workers: int = 2) -> No
                   f"`feat info {report.cache}`")
 
     summary = run_ablation(AblateSpec(report.cache, [[TEXT], [IMAGE], [TEXT, IMAGE]], ["all"], seeds, "label",
-                                      out / "ablation", workers=workers, curves=False))
+                                      out / "ablation", workers=workers))
     console.print(summary.markdown, markup=False, soft_wrap=True)
     console.print(_comparison(summary), markup=False, soft_wrap=True)
     console.print(f"report: {summary.out / 'summary.md'} (plots bars.png, heatmap.png, modality_weights.png); "
