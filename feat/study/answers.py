@@ -1,0 +1,106 @@
+"""The study's answers: the best configuration of each group, and the paired test "does the image help?".
+
+Everything is chosen by the mean DEV metric over seeds (the ablation's ranking, ties by dev loss); test
+numbers are reported, never used to choose. The paired test is feat.fuse.stats.paired_bootstrap on the test
+predictions the ablation's runs wrote, the same statistic `feat ablate` reports against its best unimodal.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from feat.errors import FeatError
+from feat.fuse.stats import paired_bootstrap
+from feat.study.grid import FUSION, GROUPS, IMAGE_ONLY, JOINT_MODEL, TEXT_ONLY
+from feat.study.preset import IMAGE, JOINT, TEXT, Lineup
+
+
+@dataclass
+class Comparison:
+    multimodal: str  # "features / strategy" of the best multimodal configuration by dev
+    text_only: str  # of the best text-only configuration by dev
+    delta: float  # seed-averaged test metric, multimodal minus text-only
+    p_value: float  # two-sided, paired bootstrap over the test items
+    n_test: int  # test items both were scored on
+    reason: str = ""  # why the test could not be run ("" when it was)
+
+
+def best_per_group(table: pd.DataFrame) -> dict[str, pd.Series | None]:
+    """`table`: the ablation's summary ranked by dev, with a `group` column."""
+    return {g: (table[table["group"] == g].iloc[0] if (table["group"] == g).any() else None) for g in GROUPS}
+
+
+def name(row: pd.Series) -> str:
+    return f"{row['features']} / {row['strategy']}"
+
+
+@dataclass
+class Missing:
+    """Why a group has no configuration: the skipped encoders behind it with their reasons, or a note."""
+
+    skipped: list[tuple[str, str]]  # (encoder or pair, reason)
+    note: str = ""  # when no skip explains it (e.g. the study had no such encoder)
+
+    def full(self) -> str:
+        return "none available: " + ("; ".join(f"{n}: {why}" for n, why in self.skipped) or self.note)
+
+    def short(self) -> str:
+        return "none available: " + (f"{', '.join(n for n, _ in self.skipped)} skipped" if self.skipped
+                                     else self.note)
+
+
+def missing_reasons(lineup: Lineup, available: set[str], skipped: dict[str, str],
+                    pairs_skipped: list[tuple[str, str]]) -> dict[str, Missing]:
+    """Why each group may be empty: its skipped encoders with their reasons, or that the study had none."""
+    roles = {e.feature: e.role for e in lineup.encoders}
+
+    def of(role: str) -> list[tuple[str, str]]:
+        return [(f, why) for f, why in skipped.items() if roles.get(f) == role]
+
+    sides = []
+    for role, what in ((TEXT, "text tower"), (IMAGE, "image tower")):
+        if not any(e.role == role and e.paired and e.feature in available for e in lineup.encoders):
+            sides += of(role) or [(what, "none in this study")]
+    return {TEXT_ONLY: Missing(of(TEXT), "no text encoder in this study"),
+            IMAGE_ONLY: Missing(of(IMAGE), "no image encoder in this study"),
+            FUSION: Missing(sides, "no text tower x image tower pair in this study"),
+            JOINT_MODEL: Missing(of(JOINT) + pairs_skipped, "no joint encoder or dual-encoder pair in this study")}
+
+
+def compare(ablation: Path, results: pd.DataFrame, best: dict[str, pd.Series | None], metric: str) -> Comparison:
+    """Best multimodal (fusion of towers or joint, by dev) against the best text-only, on the test items."""
+    multimodal = [r for r in (best[FUSION], best[JOINT_MODEL]) if r is not None]
+    text = best[TEXT_ONLY]
+    if not multimodal or text is None:
+        missing = "multimodal" if not multimodal else "text-only"
+        return Comparison("", "", float("nan"), float("nan"), 0, f"no {missing} configuration to compare")
+    # The ranking is by dev (ties by dev loss), the same order the ablation's table has.
+    top = min(multimodal, key=lambda r: r["rank"])
+    y, a, k = _predictions(ablation, results, top)
+    y_text, b, _ = _predictions(ablation, results, text)
+    if not np.array_equal(y, y_text):
+        raise FeatError(f"{ablation}: the runs of {name(top)} and {name(text)} were scored on different test items")
+    delta, p = paired_bootstrap(y, a, b, k, metric)
+    return Comparison(name(top), name(text), delta, p, len(y))
+
+
+def _predictions(ablation: Path, results: pd.DataFrame, row: pd.Series) -> tuple[np.ndarray, np.ndarray, int]:
+    """(truth, (seeds, n) predicted class indices, classes) of a configuration's runs, from their files."""
+    from feat.fuse import artifacts as art
+
+    runs = results[(results["features"] == row["features"]) & (results["strategy"] == row["strategy"])]["run"]
+    truth, preds, ids = None, [], None
+    for run in runs:
+        classes = art.read_json(ablation / run / art.CONFIG)["classes"]
+        position = {c: i for i, c in enumerate(classes)}
+        frame = pd.read_csv(ablation / run / "predictions_test.csv", dtype=str, keep_default_na=False)
+        if ids is not None and not np.array_equal(frame["id"].to_numpy(), ids):
+            raise FeatError(f"{ablation / run}: its test items differ from the other seeds'")
+        ids = frame["id"].to_numpy()
+        truth = np.array([position[c] for c in frame["true"]], dtype=np.int64)
+        preds.append(np.array([position[c] for c in frame["pred"]], dtype=np.int64))
+    return truth, np.stack(preds), len(classes)

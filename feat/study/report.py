@@ -1,0 +1,134 @@
+"""report.md of a study: the answers first, then the evidence (every configuration, costs, skipped encoders).
+
+Markdown tables a reader can paste into a paper; every number comes from the ablation's summary, the paired
+test or the cost measurements, and says how it was obtained.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import pandas as pd
+
+from feat.study.answers import Comparison, name
+from feat.study.costs import Cost
+from feat.study.grid import GROUPS
+
+QUESTIONS = {"text-only": "best text-only", "image-only": "best image-only",
+             "fusion of towers": "best fusion of towers", "joint encoder": "best joint encoder"}
+
+
+@dataclass
+class ReportInput:
+    title: str  # the dataset's name
+    setup: list[str]  # sentences on data, task, selection and grid
+    table: pd.DataFrame  # the ablation summary ranked by dev, with a `group` column
+    best: dict[str, pd.Series | None]  # per group
+    missing: dict  # per group: answers.Missing, why it may be empty
+    comparison: Comparison
+    costs: list[Cost]  # available encoders, extraction order
+    skipped: list[tuple[str, str, str]]  # (encoder or pair, role, reason)
+    dev_metric: str
+    test_metric: str
+    figure: str  # file name of the figure, beside report.md
+    command: str  # how to reproduce
+
+
+def render(r: ReportInput) -> str:
+    parts = [f"# Unimodal vs multimodal: {r.title}", " ".join(r.setup), _answers(r), _image_helps(r),
+             _configurations(r), _costs(r.costs), _skipped(r.skipped),
+             f"## Figure\n\n![test {r.test_metric} per configuration]({r.figure})", f"Reproduce: `{r.command}`"]
+    return "\n\n".join(parts) + "\n"
+
+
+def _num(value, digits: int = 3) -> str:
+    return "" if value is None or pd.isna(value) else f"{value:.{digits}f}"
+
+
+def _cell(text: str) -> str:
+    """Error messages quote paths and ids: a '|' or a line break would cut the table row."""
+    return " ".join(text.replace("|", "/").split())
+
+
+def _p(value: float) -> str:
+    return "<0.001" if value < 0.001 else f"{value:.3f}"
+
+
+def _scores(row: pd.Series, r: ReportInput) -> str:
+    d, t = f"dev_{r.dev_metric}", f"test_{r.test_metric}"
+    return (f"{_num(row[f'{d}_mean'])} ± {_num(row[f'{d}_std'])} | {_num(row[f'{t}_mean'])} ± "
+            f"{_num(row[f'{t}_std'])} | [{_num(row['test_ci_low'])}, {_num(row['test_ci_high'])}]")
+
+
+def _answers(r: ReportInput) -> str:
+    lines = ["## Answers", "", f"| question | configuration | runs | dev {r.dev_metric} | test {r.test_metric} | "
+             "test 95% CI |", "|---|---|---:|---|---|---|"]
+    for group in GROUPS:
+        row = r.best[group]
+        if row is None:
+            lines.append(f"| {QUESTIONS[group]} | {_cell(r.missing[group].short())} | | | | |")
+        else:
+            lines.append(f"| {QUESTIONS[group]} | {name(row)} | {row['runs']} | {_scores(row, r)} |")
+    empty = [f"- {QUESTIONS[g]}: {_cell(r.missing[g].full())}" for g in GROUPS if r.best[g] is None]
+    lines += [""] + empty + ([""] if empty else [])
+    lines += ["Each answer is the group's best configuration by mean dev metric over seeds (ties: lower dev "
+              "loss); test is reported, never used to choose. ± is the standard deviation over seeds; the CI is "
+              "a 95% percentile bootstrap over the test items of the seed-averaged test metric."]
+    return "\n".join(lines)
+
+
+def _image_helps(r: ReportInput) -> str:
+    c = r.comparison
+    if c.reason:
+        return f"## Does the image help?\n\nNo paired test: {c.reason}."
+    verdict = ("significant at the 5% level: the image " + ("helps" if c.delta > 0 else "hurts")
+               if c.p_value < 0.05 else "not significant at the 5% level")
+    return (f"## Does the image help?\n\nBest multimodal configuration by dev, **{c.multimodal}**, against the "
+            f"best text-only, **{c.text_only}**: Δ test {r.test_metric} = {c.delta:+.3f}, p = {_p(c.p_value)} "
+            f"({verdict}). Paired bootstrap (feat.fuse.stats.paired_bootstrap): 2,000 resamples of the "
+            f"{c.n_test} test items, the same items for both, each configuration's predictions averaged over "
+            "its seeds; two-sided p.")
+
+
+def _configurations(r: ReportInput) -> str:
+    lines = ["## All configurations", "", f"| group | dev rank | features | strategy | runs | dev {r.dev_metric} | "
+             f"test {r.test_metric} | test 95% CI | train s / run |", "|---|---:|---|---|---:|---|---|---|---:|"]
+    for group in GROUPS:
+        for _, row in r.table[r.table["group"] == group].iterrows():
+            lines.append(f"| {group} | {row['rank']} | {row['features']} | {row['strategy']} | {row['runs']} | "
+                         f"{_scores(row, r)} | {_num(row['seconds_mean'], 1)} |")
+    return "\n".join(lines)
+
+
+def _costs(costs: list[Cost]) -> str:
+    lines = ["## Extraction cost", "", "| encoder | feature set | model | dim | rows encoded | seconds | "
+             "s / 1,000 items | measured |", "|---|---|---|---:|---:|---:|---:|---|"]
+    for c in costs:
+        per = _num(c.per_1000, 1) or "n/a"
+        lines.append(f"| {c.encoder} | {c.feature} | {c.model} | {c.dim} | {c.encoded if c.encoded else 0} | "
+                     f"{_num(c.seconds, 1) if c.encoded else ''} | {per} | {_when(c)} |")
+    machine = next((c for c in costs if c.encoded), None)
+    where = (f" Machine: {machine.device}, {machine.cpus} logical CPUs, {machine.torch_threads} torch threads."
+             if machine else "")
+    lines += ["", "Seconds: wall time of the encoder's extract step (model load, image decoding, forward passes, "
+              "cache writes) in the run that encoded its rows; per 1,000 items = seconds / rows encoded x 1,000, "
+              "so a small run carries the model load over few items. Rows reused from the cache do not count; "
+              f"a run that reused every row keeps the earlier measurement of the same fingerprint.{where} "
+              "The load average is the machine's 1-minute load when the encoder finished: above the CPU count, "
+              "other processes shared the cores and the figure overstates the cost."]
+    return "\n".join(lines)
+
+
+def _when(c: Cost) -> str:
+    if not c.encoded:
+        return "not measured: every row was reused from the cache, and the study folder holds no earlier measurement"
+    load = f"load average {_num(c.load_average, 1)}" if c.load_average is not None else "load average unknown"
+    return f"{'this run' if c.fresh else 'an earlier run'}, {c.measured} ({load})"
+
+
+def _skipped(skipped: list[tuple[str, str, str]]) -> str:
+    if not skipped:
+        return "## Skipped encoders\n\nNone: every encoder of the study loaded."
+    lines = ["## Skipped encoders", "", "| encoder | role | reason |", "|---|---|---|"]
+    lines += [f"| {what} | {role} | {_cell(reason)} |" for what, role, reason in skipped]
+    return "\n".join(lines)

@@ -1,0 +1,148 @@
+"""`feat study`: the preset's encoders extracted one by one (skips recorded), one ablation, one report.
+
+The ablation is `feat ablate` itself (same heads, seeds, statistics, resumable run folders under
+S/ablation), so a study re-run with a warm cache and finished runs only rewrites the report.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+
+from feat.console import console
+from feat.errors import FeatError, InputError
+from feat.study import answers, figure, report
+from feat.study.config import StudyConfig
+from feat.study.costs import Cost, update_costs
+from feat.study.extraction import Outcome, extract_all, skipped_pairs
+from feat.study.grid import feature_sets, group_of
+from feat.study.preset import IMAGE, JOINT, TEXT, Lineup, Preset, get_preset, lineup
+
+REPORT, FIGURE, CONFIGURATIONS, ABLATION = "report.md", "study.png", "configurations.csv", "ablation"
+
+
+@dataclass
+class StudyResult:
+    out: Path  # the study folder
+    report: Path  # report.md
+    figure: Path  # study.png
+    table: pd.DataFrame  # every configuration ranked by dev, with its group
+    best: dict[str, pd.Series | None]  # per group
+    comparison: answers.Comparison  # best multimodal vs best text-only
+    costs: list[Cost]  # available encoders
+    skipped: list[tuple[str, str, str]]  # (encoder or pair, role, reason)
+
+
+def run_study(config: StudyConfig) -> StudyResult:
+    preset = get_preset(config.preset)
+    team = lineup(preset, config.encoders, config.models)
+    out = Path(config.out)
+    _check_label(config)
+    out.mkdir(parents=True, exist_ok=True)
+    outcomes = extract_all(config, team.encoders)
+    costs = update_costs(out, outcomes, _device(config.device))
+    available = {o.encoder.feature for o in outcomes if o.available}
+    skipped = _skipped(team, outcomes)
+    if not available:
+        raise FeatError("no encoder of the study could be loaded: "
+                        + "; ".join(f"{what}: {why}" for what, _, why in skipped))
+    summary = _ablate(config, preset, team, available)
+    results = pd.read_csv(out / ABLATION / "results.csv", dtype={"features": str, "strategy": str, "run": str})
+    table = summary.table.copy()
+    table.insert(1, "group", [group_of(f, team) for f in table["features"]])
+    best = answers.best_per_group(table)
+    missing = answers.missing_reasons(team, available, {o.encoder.feature: o.reason for o in outcomes
+                                                        if not o.available}, skipped_pairs(team.duals, outcomes))
+    comparison = answers.compare(out / ABLATION, results, best, summary.test_metric)
+    from feat.fuse.artifacts import atomic_write, write_csv
+
+    write_csv(out / CONFIGURATIONS, table)
+    figure.draw(out / FIGURE, table, summary.test_metric, summary.metric, _title(config).replace("`", ""), missing)
+    cost_list = [costs[e.feature] for e in team.encoders if e.feature in costs]
+    text = report.render(report.ReportInput(
+        _title(config), _setup(config, preset, out, results), table, best, missing, comparison, cost_list, skipped,
+        summary.metric, summary.test_metric, FIGURE, _command(config)))
+    atomic_write(out / REPORT, lambda p: p.write_text(text))
+    return StudyResult(out, out / REPORT, out / FIGURE, table, best, comparison, cost_list, skipped)
+
+
+def _check_label(config: StudyConfig) -> None:
+    """A misspelt label would otherwise surface after every encoder has run (minutes to hours)."""
+    from feat.data import load_table
+
+    table = load_table(config.data, config.columns, config.image_root)
+    if config.label not in table.frame.columns:
+        extra = [c for c in table.frame.columns if c not in ("id", "split", "text", "image", "image_path",
+                                                             "image_error")]
+        raise InputError(f"label column '{config.label}' is not in {config.data} (columns: "
+                         f"{', '.join(extra) or 'none'})")
+
+
+def _device(spec: str) -> str:
+    from feat.extract.device import select_device
+
+    return select_device(spec)
+
+
+def _skipped(team: Lineup, outcomes: list[Outcome]) -> list[tuple[str, str, str]]:
+    pairs = {f: "+".join(p) for p in team.duals for f in p}
+    rows = []
+    for o in outcomes:
+        if not o.available:
+            role = {TEXT: "text tower", IMAGE: "image tower", JOINT: "joint encoder"}[o.encoder.role]
+            role += f" (and its dual pair {pairs[o.encoder.feature]})" if o.encoder.feature in pairs else ""
+            rows.append((o.encoder.feature, role, o.reason))
+    return rows + [(pair, "dual-encoder pair (joint)", why) for pair, why in skipped_pairs(team.duals, outcomes)]
+
+
+def _ablate(config: StudyConfig, preset: Preset, team: Lineup, available: set[str]):
+    from feat.fuse.ablate import AblateSpec, run_ablation
+
+    sets = feature_sets(team, available)
+    console.print(f"study: {len(sets)} feature sets x {config.seeds or preset.seeds} seeds, strategies "
+                  f"{', '.join(config.strategies or preset.strategies)} on the multi-input ones", soft_wrap=True)
+    return run_ablation(AblateSpec(config.cache_dir, sets, list(config.strategies or preset.strategies),
+                                   config.seeds or preset.seeds, config.label, Path(config.out) / ABLATION,
+                                   workers=config.workers, curves=False))
+
+
+def _title(config: StudyConfig) -> str:
+    data = Path(config.data)
+    return f"{data.parent.name}/{data.name} (label `{config.label}`)" if data.is_file() else \
+        f"{data.name} (label `{config.label}`)"
+
+
+def _setup(config: StudyConfig, preset: Preset, out: Path, results: pd.DataFrame) -> list[str]:
+    from feat.fuse import artifacts as art
+    from feat.fuse.data import describe_report
+
+    run = art.read_json(out / ABLATION / results["run"].iloc[0] / art.CONFIG)
+    train = run["train"]
+    return [f"Data: `{config.data}`; {describe_report(run['data'])}; {len(run['classes'])} classes "
+            f"({', '.join(run['classes'])}).",
+            f"Preset `{preset.name}`: {preset.note}.",
+            f"Fusion strategies on every multi-input set: {', '.join(config.strategies or preset.strategies)}; "
+            f"{config.seeds or preset.seeds} seeds per configuration; heads of `feat ablate` with its defaults "
+            f"(lr {train['lr']}, batch {train['batch_size']}, at most {train['epochs']} epochs, early stopping on "
+            f"dev {run['metric']} with patience {train['patience']}), on frozen features from the cache "
+            f"`{config.cache_dir}`.",
+            f"Full ablation (per-run folders, summary.md, plots): `{out / ABLATION}`."]
+
+
+def _command(config: StudyConfig) -> str:
+    parts = ["feat", "study", str(config.data), "--label", config.label, "--preset", config.preset,
+             "--out", str(config.out)]
+    if config.encoders is not None:
+        parts += ["--encoders", ",".join(config.encoders)]
+    for encoder, model in config.models.items():
+        parts += ["--model", f"{encoder}={model}"]
+    if config.seeds is not None:
+        parts += ["--seeds", str(config.seeds)]
+    if config.strategies is not None:
+        parts += ["--strategies", ",".join(config.strategies)]
+    if config.cache is not None:
+        parts += ["--cache", str(config.cache)]
+    return shlex.join(parts)
