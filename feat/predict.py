@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from feat.data import PREDICT
 from feat.errors import InputError
 
 PREDICT_CACHE = "predict-cache"
@@ -60,6 +61,7 @@ def predict(spec: PredictSpec) -> PredictReport:
     for feature, encoder in encoders.items():
         check_fingerprint(feature, encoder, saved.fingerprint(feature), f"run {spec.run}")
     cache = Path(spec.cache) if spec.cache is not None else Path(spec.run) / PREDICT_CACHE
+    _refuse_training_cache(cache)
     columns = replace(_run_columns(saved), **{k: v for k, v in spec.columns.items() if v})
     # One extraction per (compute dtype, stored dtype): the runner takes one of each per call.
     groups: dict[tuple[str, str], list[str]] = {}
@@ -95,6 +97,18 @@ def predict(spec: PredictSpec) -> PredictReport:
     return PredictReport(out, cache, len(ids), len(ids) - len(unpredicted), unpredicted, reports)
 
 
+def _refuse_training_cache(cache: Path) -> None:
+    """Encoding new rows into a cache replaces its table: a cache with train/dev/test rows would lose them."""
+    from feat.cache import FeatureCache
+
+    store = FeatureCache(cache)
+    if store.items_path.exists():
+        splits = set(store.read_items()["split"]) - {PREDICT}
+        if splits:
+            raise InputError(f"--cache {cache} holds a dataset with {'/'.join(sorted(splits))} rows; predicting "
+                             "into it would replace them: use another folder (default: RUN/predict-cache)")
+
+
 def _run_columns(saved):
     """The column names the run's cache was extracted with (the new table is most likely laid out alike)."""
     import json
@@ -117,7 +131,7 @@ def _predict_frame(saved, ids: np.ndarray, matrices: dict, valid: dict, reasons:
 
     features, classes = saved.features, saved.classes
     train = saved.train_config()
-    data = FusionData(features, ids, np.full(len(ids), "predict", dtype=object), np.zeros(len(ids), np.int64),
+    data = FusionData(features, ids, np.full(len(ids), PREDICT, dtype=object), np.zeros(len(ids), np.int64),
                       classes, matrices, valid, {}, {})
     inputs = Inputs(prepare(data, saved.stats(), train.missing))
     usable = np.logical_and.reduce([valid[f] for f in features]) if train.missing == "drop" else np.ones(len(ids), bool)

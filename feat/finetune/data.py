@@ -165,15 +165,18 @@ class _Positions:
 def batches(rows: RowSet, chunks: list[np.ndarray], transforms: dict[str, Callable], num_workers: int = 0,
             pin_memory: bool = False) -> Iterator[Batch]:
     """The batches `chunks` (lists of row positions), images decoded in `num_workers` processes."""
+    import torch
     from torch.utils.data import DataLoader
 
     if not chunks:
         return
     dataset = _Examples(rows.image_paths, rows.image_errors, transforms) if transforms else _Positions()
     workers = num_workers if transforms else 0  # nothing to decode: workers would only cost start-up time
+    # Its own generator: a loader draws a seed from the global RNG when it starts iterating, which would shift
+    # the dropout masks of a resumed run (its loader starts mid-epoch, after the RNG state was restored).
     loader = DataLoader(dataset, batch_sampler=[c.tolist() for c in chunks], collate_fn=_collate,
                         num_workers=workers, pin_memory=pin_memory and bool(transforms),
-                        prefetch_factor=2 if workers else None)
+                        prefetch_factor=2 if workers else None, generator=torch.Generator().manual_seed(0))
     for positions, pixels, decoded, reasons in loader:
         positions = np.asarray(positions, dtype=np.int64)
         texts = [rows.texts[p] for p in positions] if rows.texts is not None else None

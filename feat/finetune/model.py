@@ -197,7 +197,10 @@ def enable_grad_checkpointing(module: nn.Module) -> str:
     each block of the largest layer stack is checkpointed (state dict keys unchanged)."""
     net = module.net
     if getattr(net, "supports_gradient_checkpointing", False):
-        net.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        if hasattr(net, "activation_checkpointing_enable"):  # transformers 5 (the old name is deprecated)
+            net.activation_checkpointing_enable({"use_reentrant": False})
+        else:
+            net.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         return "transformers"
     lists = [m for m in net.modules() if isinstance(m, nn.ModuleList) and len(m) >= 2]
     if not lists:

@@ -1,0 +1,154 @@
+"""`feat predict` on a tiny fuse run (DeBERTa, ALIGN, TF-IDF) and on its fine-tuned version, through the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from feat.cache import FeatureCache
+from helpers import cli
+from stage3 import QUICK, build_run, probabilities
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models: a second thread only adds synchronisation."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory, tiny_model, one_thread):
+    return build_run(tmp_path_factory.mktemp("predict"), tiny_model, encoders=("deberta", "align", "tfidf"))
+
+
+@pytest.fixture(scope="module")
+def tuned(tiny):
+    out = tiny.root / "ft"
+    cli("finetune", tiny.run, "--data", tiny.data, "--out", out, "--max-steps", "4", *QUICK)
+    return out
+
+
+def classes(run) -> list[str]:
+    return json.loads((run / "config.json").read_text())["classes"]
+
+
+def unlabelled_copy(tiny, path):
+    """The table as new data arrives: no split, no label columns (images stay where they are)."""
+    frame = pd.read_csv(tiny.data, dtype=str, keep_default_na=False)
+    frame[["id", "text", "image"]].to_csv(path, index=False)
+    return path, frame
+
+
+def assert_same_predictions(predicted: pd.DataFrame, saved_csv, names: list[str], atol: float) -> None:
+    saved = probabilities(saved_csv, names)
+    mine = predicted.set_index("id").loc[saved.index]
+    np.testing.assert_allclose(mine[[f"p_{c}" for c in names]].to_numpy(), saved.to_numpy(), atol=atol, rtol=0)
+    expected = pd.read_csv(saved_csv, dtype={"id": str}, keep_default_na=False).set_index("id")["pred"]
+    assert (mine["pred"] == expected.loc[saved.index]).all()
+
+
+def test_a_fuse_run_labels_new_rows_as_it_labelled_dev_and_test(tiny, tmp_path):
+    data, frame = unlabelled_copy(tiny, tmp_path / "new.csv")
+    out = tmp_path / "preds.csv"
+    first = cli("predict", tiny.run, data, "--out", out, "--image-root", tiny.data.parent)
+    assert "48 of 48 rows predicted" in " ".join(first.output.split())
+    predicted = pd.read_csv(out, dtype={"id": str, "pred": str, "reason": str}, keep_default_na=False)
+    names = classes(tiny.run)
+    assert list(predicted.columns) == ["id", "pred", *[f"p_{c}" for c in names], "reason"]
+    assert predicted["id"].tolist() == frame["id"].tolist(), "one line per input row, in order"
+    assert (predicted["reason"] == "").all()
+    for split in ("dev", "test"):
+        assert_same_predictions(predicted, tiny.run / f"predictions_{split}.csv", names, atol=1e-6)
+    assert (tiny.run / "predict-cache" / "features").is_dir()
+
+    second = cli("predict", tiny.run, data, "--out", tmp_path / "again.csv", "--image-root", tiny.data.parent)
+    assert " ".join(second.output.split()).count("no forward pass, all rows reused from cache") == 3
+    assert pd.read_csv(tmp_path / "again.csv").equals(pd.read_csv(out))
+
+
+def test_a_finetuned_run_labels_new_rows_with_its_own_weights(tiny, tuned, tmp_path):
+    data, _ = unlabelled_copy(tiny, tmp_path / "new.csv")
+    out = tmp_path / "preds.csv"
+    cli("predict", tuned, data, "--out", out, "--image-root", tiny.data.parent)
+    predicted = pd.read_csv(out, dtype={"id": str, "pred": str}, keep_default_na=False)
+    names = classes(tuned)
+    for split in ("dev", "test"):
+        assert_same_predictions(predicted, tuned / f"predictions_{split}.csv", names, atol=1e-5)
+    fuse = pd.read_csv(tiny.run / "predictions_dev.csv", dtype={"id": str}).set_index("id")
+    mine = predicted.set_index("id").loc[fuse.index]
+    assert np.abs(mine[f"p_{names[0]}"].to_numpy() - fuse[f"p_{names[0]}"].to_numpy()).max() > 1e-4, \
+        "the fine-tuned weights were used, not the checkpoint's"
+    stored = FeatureCache(tuned / "predict-cache").fingerprint("deberta")
+    assert stored["weights"] == json.loads((tuned / "config.json").read_text())["fingerprints"]["deberta"][
+        "fingerprint"]["weights"]
+
+
+def test_tfidf_transforms_new_rows_with_the_runs_fit(tiny, tmp_path):
+    known = pd.read_csv(tiny.data, dtype=str, keep_default_na=False).iloc[[5]]
+    new = pd.DataFrame({"id": ["n1", "n2", "k"], "text": ["never seen words only", "what a wonderful day zzz",
+                                                          known["text"].iloc[0]],
+                        "image": [known["image"].iloc[0]] * 3})
+    new.to_csv(tmp_path / "new.csv", index=False)
+    cli("predict", tiny.run, tmp_path / "new.csv", "--out", tmp_path / "p.csv", "--image-root", tiny.data.parent,
+        "--cache", tmp_path / "c")
+    fitted = FeatureCache(tiny.cache).read("tfidf")
+    mine = FeatureCache(tmp_path / "c").read("tfidf")
+    assert list(mine.state["vocabulary"]) == list(fitted.state["vocabulary"]), "the stored fit, not a new one"
+    np.testing.assert_array_equal(mine.state["idf"], fitted.state["idf"])
+    assert mine.rows.matrix[0].nnz == 0, "words outside the train vocabulary have no column"
+    row = list(fitted.rows.ids).index(known["id"].iloc[0])
+    np.testing.assert_array_equal(mine.rows.matrix[2].toarray(), fitted.rows.matrix[row].toarray())
+
+
+def test_bad_images_are_reported_and_get_no_prediction(tiny, tmp_path):
+    frame = pd.read_csv(tiny.data, dtype=str, keep_default_na=False).iloc[:4][["id", "text", "image"]].copy()
+    frame.loc[1, "image"] = "images/missing.png"
+    frame.loc[2, "image"] = ""
+    frame.to_csv(tmp_path / "new.csv", index=False)
+    result = cli("predict", tiny.run, tmp_path / "new.csv", "--out", tmp_path / "p.csv", "--image-root",
+                 tiny.data.parent, "--cache", tmp_path / "c")
+    output = " ".join(result.output.split())
+    assert "2 of 4 rows predicted" in output and f"no prediction for {frame['id'][1]}" in output
+    predicted = pd.read_csv(tmp_path / "p.csv", dtype=str, keep_default_na=False)
+    assert len(predicted) == 4
+    assert predicted["pred"].tolist()[1:3] == ["", ""] and "" not in predicted["pred"].tolist()[::3]
+    assert "align: image file not found" in predicted["reason"][1] and "align: no image path" in predicted["reason"][2]
+    assert (FeatureCache(tmp_path / "c").root / "bad_rows.csv").exists()
+    failed = cli("predict", tiny.run, tmp_path / "new.csv", "--out", tmp_path / "q.csv", "--image-root",
+                 tiny.data.parent, "--cache", tmp_path / "c2", "--on-bad-image", "fail", expect=2)
+    assert frame["id"][1] in failed.output and not (tmp_path / "q.csv").exists()
+
+
+def test_changed_encoder_weights_are_refused(tmp_path, tiny_model):
+    from safetensors.torch import load_file, save_file
+
+    small = build_run(tmp_path, tiny_model, encoders=("deberta",), strategy="single", label="mood", rows=20)
+    weights = small.models["deberta"] / "model.safetensors"
+    tensors = load_file(str(weights))
+    key = sorted(tensors)[0]
+    tensors[key] = tensors[key] + 1e-3
+    save_file(tensors, str(weights), {"format": "pt"})
+    result = cli("predict", small.run, small.data, "--out", tmp_path / "p.csv", expect=2)
+    output = " ".join(result.output.split())
+    assert "feature 'deberta': the encoder now makes other features" in output and "weights" in output
+    assert not (tmp_path / "p.csv").exists()
+
+
+def test_a_training_cache_is_never_overwritten(tiny, tmp_path):
+    items = FeatureCache(tiny.cache).read_items()
+    result = cli("predict", tiny.run, tiny.data, "--out", tmp_path / "p.csv", "--cache", tiny.cache, expect=2)
+    assert "would replace them" in " ".join(result.output.split())
+    assert FeatureCache(tiny.cache).read_items().equals(items)
+
+
+def test_what_is_not_a_run_is_refused(tiny, tmp_path):
+    assert "not a feat run folder" in " ".join(cli("predict", tmp_path, tiny.data, expect=2).output.split())
+    assert "data not found" in cli("predict", tiny.run, tmp_path / "none.csv", "--out", tmp_path / "p.csv",
+                                   expect=2).output
