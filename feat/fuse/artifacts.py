@@ -25,19 +25,19 @@ def atomic_write(path: Path, write) -> None:
 
 
 def write_json(path: Path, obj) -> None:
-    atomic_write(path, lambda p: p.write_text(json.dumps(_clean(obj), indent=2) + "\n"))
+    atomic_write(path, lambda p: p.write_text(json.dumps(jsonable(obj), indent=2) + "\n"))
 
 
 def read_json(path: Path):
     return json.loads(Path(path).read_text())
 
 
-def _clean(obj):
+def jsonable(obj):
     """NaN/inf are not JSON: write them as null."""
     if isinstance(obj, dict):
-        return {k: _clean(v) for k, v in obj.items()}
+        return {k: jsonable(v) for k, v in obj.items()}
     if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
+        return [jsonable(v) for v in obj]
     if isinstance(obj, (float, np.floating)):
         return None if not math.isfinite(obj) else float(obj)
     if isinstance(obj, np.integer):

@@ -135,7 +135,7 @@ class Evaluation:
 
     @property
     def identical(self) -> bool:
-        return self.saved is not None and art._clean(self.metrics) == self.saved
+        return self.saved is not None and art.jsonable(self.metrics) == self.saved
 
 
 def evaluate_run(run_dir: Path, split: str = "dev", cache: Path | None = None) -> Evaluation:
