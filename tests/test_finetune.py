@@ -362,3 +362,38 @@ def test_cpu_runs_float32_unless_bf16_is_asked(monkeypatch):
         select_accelerator("cuda", "auto")
     with pytest.raises(InputError, match="--amp must be one of"):
         select_accelerator("cpu", "fp8")
+
+
+@pytest.mark.parametrize("name,how", [("deberta", "transformers"), ("align", "blocks")])
+def test_gradient_checkpointing_gives_the_same_gradients(name, how, tiny_model, small_synthetic_csv):
+    """transformers' own switch (DeBERTa) and feat's per-block checkpointing (ALIGN's EfficientNet, which has
+    no switch): the same outputs and gradients, with activations recomputed in the backward pass."""
+    from feat.extract.base import EncoderOptions, Runtime
+    from feat.extract.images import decode_image
+    from feat.extract.registry import create_encoder
+    from feat.finetune.model import enable_grad_checkpointing
+
+    frame = pd.read_csv(small_synthetic_csv, keep_default_na=False).iloc[:4]
+    grads = []
+    for checkpointed in (False, True):
+        encoder = create_encoder(name, EncoderOptions(model=str(tiny_model(name))))
+        encoder.load(Runtime())
+        module = encoder.trainable_module().requires_grad_(True).train()
+        for m in module.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.eval()  # as FinetuneModel.train() keeps them
+        if checkpointed:
+            assert enable_grad_checkpointing(module) == how
+        if encoder.modality == "text":
+            inputs = module.collate(frame["text"].tolist())
+        else:
+            transform = encoder.transform()
+            inputs = module.collate(None, torch.stack([transform(decode_image(str(small_synthetic_csv.parent / p))[0])
+                                                       for p in frame["image"]]))
+        torch.manual_seed(0)
+        out = module(inputs)
+        out.pow(2).sum().backward()
+        grads.append({n: p.grad.clone() for n, p in module.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 5
+    for key in grads[0]:
+        torch.testing.assert_close(grads[0][key], grads[1][key], atol=1e-6, rtol=1e-5)
