@@ -243,7 +243,8 @@ def test_gradient_accumulation_and_max_steps_count_optimizer_steps(tiny, tmp_pat
     train_rows = read(tiny.run / "config.json")["data"]["rows"]["train"]
     per_epoch = -(-(-(-train_rows // 8)) // 2)  # ceil(ceil(rows / 8) / 2)
     assert read(out / "metrics.json")["steps"] == 2 * per_epoch
-    cli("finetune", tiny.run, "--data", tiny.data, "--out", tmp_path / "ft2", "--max-steps", "2", *QUICK)
+    cli("finetune", tiny.run, "--data", tiny.data, "--out", tmp_path / "ft2", "--max-steps", "2", "--num-workers", "2",
+        *QUICK)
     metrics = read(tmp_path / "ft2" / "metrics.json")
     assert metrics["steps"] == 2 and "--max-steps 2" in metrics["stopped"]
 

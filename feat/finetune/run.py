@@ -175,8 +175,8 @@ def finetune_one(spec: FinetuneSpec, source: Path, out: Path) -> FinetuneResult:
         loop = new_loop(initial, parity, metric)
         out.mkdir(parents=True, exist_ok=True)
         (out / art.METRICS).unlink(missing_ok=True)  # the folder is incomplete until metrics.json is back
-        console.print(f"parity: dev {metric} {initial[metric]:.4f} before any step = run's "
-                      f"{parity['run_dev']:.4f} (max |Δp| {parity['max_probability_difference']:.2e})")
+        console.print(f"parity: dev {metric} {_fmt(initial[metric])} before any step = run's "
+                      f"{_fmt(parity['run_dev'])} (max |Δp| {parity['max_probability_difference']:.2e})")
 
     result = fit(model, rows, cfg, accel, metric, class_weights(rows, train_cfg.class_weights), transforms,
                  spec.num_workers, out, identity, loop, resumed)
@@ -237,6 +237,11 @@ def _weights_and_fingerprints(saved, model, modules: dict) -> tuple[dict, dict]:
 def describe(result: FinetuneResult) -> str:
     m, metric = result.metrics, result.metric
     per_step = f"{m['seconds_per_step']:.2f} s/step" if m.get("seconds_per_step") else "no step"
-    return (f"{result.source.name}: dev {metric} {m['initial_dev'][metric]:.4f} before any step (= the run's) -> "
-            f"{m['dev'][metric]:.4f} (best epoch {m['best_epoch']}), test {metric} {m['test'][metric]:.4f}, test "
-            f"accuracy {m['test']['accuracy']:.4f}; {m['steps']} steps, {per_step}; {m['stopped']} -> {result.out}")
+    return (f"{result.source.name}: dev {metric} {_fmt(m['initial_dev'][metric])} before any step (= the run's) -> "
+            f"{_fmt(m['dev'][metric])} (best epoch {m['best_epoch']}), test {metric} {_fmt(m['test'][metric])}, "
+            f"test accuracy {_fmt(m['test']['accuracy'])}; {m['steps']} steps, {per_step}; {m['stopped']} -> "
+            f"{result.out}")
+
+
+def _fmt(value) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
