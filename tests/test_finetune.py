@@ -292,6 +292,7 @@ def test_what_is_not_a_fuse_run_is_refused(tiny, tuned, tmp_path):
     assert "neither a run folder" in cli("finetune", tmp_path, "--data", tiny.data, expect=2).output
     again = cli("finetune", tuned, "--data", tiny.data, "--out", tmp_path / "x", expect=2)
     assert "fine-tune the fuse run it came from" in " ".join(again.output.split())
+    assert "is a fine-tuned run" in " ".join(cli("evaluate", tuned, expect=2).output.split())
     short = tmp_path / "short.csv"
     pd.read_csv(tiny.data).iloc[:10].to_csv(short, index=False)
     assert "rows are not in this table" in " ".join(

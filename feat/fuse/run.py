@@ -146,6 +146,9 @@ def evaluate_run(run_dir: Path, split: str = "dev", cache: Path | None = None) -
     if not (run_dir / art.CONFIG).exists() or not (run_dir / art.MODEL).exists():
         raise InputError(f"{run_dir} is not a complete feat run folder (config.json / model.safetensors missing)")
     config = art.read_json(run_dir / art.CONFIG)
+    if config.get("kind") == "finetune":  # its encoders changed: the cache does not hold its features
+        raise InputError(f"{run_dir} is a fine-tuned run: its features are not in any cache; its metrics.json "
+                         "holds dev and test, and `feat predict` labels rows with it")
     cache = Path(cache or config["cache"])
     head_cfg, train_cfg = from_dict(HeadConfig, config["head"]), from_dict(TrainConfig, config["train"])
     _check_fingerprints(cache, config)
