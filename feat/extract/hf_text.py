@@ -54,8 +54,14 @@ class HFTextEncoder(TextEncoder):
             raise InputError(f"--max-length {self.max_length} exceeds what {self.model_id} takes ({limit} tokens)")
 
     def token_lengths(self, texts: list[str]) -> list[int]:
-        encoded = self.tokenizer(texts, truncation=True, max_length=self.max_length)
-        return [len(ids) for ids in encoded["input_ids"]]
+        # In chunks, token ids only: tokenising every text at once held ids, attention masks and token types
+        # of all rows as Python lists at the same time (~3 KiB a short text), the largest per-row memory cost.
+        lengths: list[int] = []
+        for start in range(0, len(texts), 1024):
+            encoded = self.tokenizer(texts[start:start + 1024], truncation=True, max_length=self.max_length,
+                                     return_attention_mask=False, return_token_type_ids=False)
+            lengths += [len(ids) for ids in encoded["input_ids"]]
+        return lengths
 
     def encode_texts(self, texts: list[str]) -> np.ndarray:
         import torch
