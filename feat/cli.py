@@ -70,8 +70,18 @@ def extract(
     force: Annotated[bool, typer.Option(help="Re-encode a feature set whose fingerprint changed.")] = False,
     commit_every: Annotated[int, typer.Option(help="Rows per durable commit.")] = 1024,
     wait: Annotated[float, typer.Option(help="Seconds to wait for another process using the cache.")] = 0,
+    shard: Annotated[Optional[str], typer.Option(help="I/N: encode only shard I (0-based) of N into its own "
+                                                      "parts, so that N processes share one cache; then "
+                                                      "`feat merge`.")] = None,
+    backend: Annotated[str, typer.Option(help="local | ray: the forward passes as a Ray Data pipeline "
+                                              "(pip install 'feat\\[ray]').")] = "local",
+    ray_address: Annotated[Optional[str], typer.Option(help="--backend ray: an existing cluster (auto, "
+                                                            "ray://HEAD:10001); default: a local Ray.")] = None,
+    ray_actors: Annotated[int, typer.Option(help="--backend ray: encoder actors, one model load each (0: one "
+                                                 "per GPU, else sized from the CPUs).")] = 0,
 ):
     """Encode DATA once with frozen encoders into the HDF5 feature cache (resumable, incremental)."""
+    from feat.cache.shard import Shard
     from feat.console import console
     from feat.data import Columns
     from feat.extract.base import EncoderOptions
@@ -83,7 +93,8 @@ def extract(
         options=EncoderOptions(model=model, pooling=pooling, max_length=max_length, svd_dim=svd_dim),
         name=name, device=device, dtype=dtype, store_dtype=store_dtype, batch_size=batch_size,
         num_workers=num_workers, on_bad_image=on_bad_image, force=force, commit_every=commit_every,
-        lock_timeout=wait))
+        lock_timeout=wait, shard=Shard.parse(shard) if shard else None, backend=backend, ray_address=ray_address,
+        ray_actors=ray_actors))
     from rich.markup import escape
 
     # soft_wrap: one line per fact even in a narrow terminal or a log file, so that it can be grepped.
@@ -97,6 +108,26 @@ def extract(
         console.print(escape(f"  bad row {item} ({feature}): {reason}"), soft_wrap=True)
     if report.bad_rows > len(report.bad_examples):
         console.print(f"  ... and {report.bad_rows - len(report.bad_examples)} more in bad_rows.csv", soft_wrap=True)
+
+
+@app.command()
+@_friendly_errors
+def merge(
+    cache: Annotated[Path, typer.Argument(help="Cache folder that `feat extract --shard I/N` runs filled.")],
+    wait: Annotated[float, typer.Option(help="Seconds to wait for running shards to finish.")] = 0,
+):
+    """Join the shards of a sharded extraction into the usual feature files (refused until all are complete)."""
+    from rich.markup import escape
+
+    from feat.cache.merge import merge as run_merge
+    from feat.console import console
+
+    report = run_merge(cache, wait)
+    for merged in report.merged:
+        console.print(escape(f"{merged.name}: {merged.rows} rows from {merged.shards} shards, {merged.invalid} "
+                             "invalid"), soft_wrap=True)
+    bad = f"; {report.bad_rows} bad row(s) listed in {report.cache / 'bad_rows.csv'}" if report.bad_rows else ""
+    console.print(escape(f"cache {report.cache}: merged in {report.seconds:.1f} s{bad}"), soft_wrap=True)
 
 
 @app.command()

@@ -13,6 +13,7 @@ import hashlib
 import io
 import os
 import struct
+import subprocess
 import sys
 import time
 import zlib
@@ -220,7 +221,41 @@ def text_code(texts: list[str]) -> np.ndarray:
     return np.stack([np.frombuffer(d, dtype=np.uint32) / np.float32(2**32) for d in digests]).astype(np.float32)
 
 
-# ----- subprocess entry point (kill -9 tests) --------------------------------------------------------
+# ----- subprocesses (kill -9 and shard tests) --------------------------------------------------------
+def spawn(args, log: Path | None = None, delay: float = 0.0, kill_in: str | None = None,
+          gate: Path | None = None) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")]))
+    for key in ("FEAT_TEST_KILL_IN", "FEAT_TEST_BATCH_GATE", "FEAT_TEST_ENCODE_LOG", "FEAT_TEST_BATCH_DELAY"):
+        env.pop(key, None)
+    if gate is not None:
+        env["FEAT_TEST_BATCH_GATE"] = str(gate)
+    if log is not None:
+        env["FEAT_TEST_ENCODE_LOG"] = str(log)
+    if delay:
+        env["FEAT_TEST_BATCH_DELAY"] = str(delay)
+    if kill_in:
+        env["FEAT_TEST_KILL_IN"] = kill_in
+    return subprocess.Popen([sys.executable, "-c", "import helpers; helpers.main()", *map(str, args)], env=env,
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def finish(process: subprocess.Popen, timeout: float = 300) -> str:
+    output, _ = process.communicate(timeout=timeout)
+    assert process.returncode == 0, output
+    return output
+
+
+def wait_for(condition, timeout: float, process: subprocess.Popen | None = None) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        if process is not None and process.poll() is not None:
+            return False
+        time.sleep(0.01)
+    return False
+
+
 def main() -> None:
     """`python -c 'import helpers; helpers.main()' extract ...`: the feat CLI with the test encoders
     registered. FEAT_TEST_KILL_IN=<function>:<n> SIGKILLs this process inside the n-th call (1-based) of a

@@ -12,8 +12,6 @@ import os
 import random
 import re
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -23,32 +21,9 @@ import pytest
 
 from feat.cache import FeatureCache
 from feat.extract.runner import ExtractConfig, extract
-from helpers import MVSA, REPO, TESTS_DIR, cli, files_under, register_test_encoders, text_table
+from helpers import cli, files_under, finish, register_test_encoders, spawn, text_table, wait_for
 
 SUMMARY = re.compile(r"(\d+) rows \((?:(\d+) encoded in (\d+) batches|no forward pass[^;]*); (\d+) reused")
-
-
-def spawn(args, log: Path | None = None, delay: float = 0.0, kill_in: str | None = None,
-          gate: Path | None = None) -> subprocess.Popen:
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")]))
-    for key in ("FEAT_TEST_KILL_IN", "FEAT_TEST_BATCH_GATE", "FEAT_TEST_ENCODE_LOG", "FEAT_TEST_BATCH_DELAY"):
-        env.pop(key, None)
-    if gate is not None:
-        env["FEAT_TEST_BATCH_GATE"] = str(gate)
-    if log is not None:
-        env["FEAT_TEST_ENCODE_LOG"] = str(log)
-    if delay:
-        env["FEAT_TEST_BATCH_DELAY"] = str(delay)
-    if kill_in:
-        env["FEAT_TEST_KILL_IN"] = kill_in
-    return subprocess.Popen([sys.executable, "-c", "import helpers; helpers.main()", *map(str, args)], env=env,
-                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-
-
-def finish(process: subprocess.Popen, timeout: float = 300) -> str:
-    output, _ = process.communicate(timeout=timeout)
-    assert process.returncode == 0, output
-    return output
 
 
 def summary(output: str, name: str) -> tuple[int, int, int]:
@@ -95,17 +70,6 @@ def assert_same_cache(cache: Path, reference: Path, name: str) -> None:
     assert got.fingerprint == want.fingerprint and got.state.keys() == want.state.keys()
     assert not FeatureCache(cache).parts_dir(name).exists()
     assert not [p for p in files_under(cache) if ".tmp" in p], "temporary files were cleaned up"
-
-
-def wait_for(condition, timeout: float, process: subprocess.Popen | None = None) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        if process is not None and process.poll() is not None:
-            return False
-        time.sleep(0.01)
-    return False
 
 
 def resume_in_process(monkeypatch, args: list, log: Path) -> str:

@@ -15,13 +15,18 @@ def describe(root: Path) -> str:
              f"({', '.join(f'{s} {n}' for s, n in items['split'].value_counts().items())})"]
     item_ids = items["id"].to_numpy(dtype=object)
     names = cache.feature_names()
-    unfinished = [n for n in cache.unfinished_names() if n not in names]
-    if not names and not unfinished:
+    sharded = {name: cache.shard_manifests(name) for name in cache.sharded_names()}
+    unfinished = [n for n in cache.unfinished_names() if n not in names and n not in sharded]
+    if not names and not unfinished and not sharded:
         lines.append("  no feature sets yet")
     for name in unfinished:
         rows = cache.committed(name, cache.fingerprint(name), matrix=False)
         lines.append(f"  {name}: unfinished, {len(rows) if rows is not None else 0} rows committed, no complete "
                      "file yet (the next extract resumes it)")
+    for name, manifests in sharded.items():
+        started = ", ".join(m.shard.label for m in sorted(manifests, key=lambda m: m.shard.index))
+        lines.append(f"  {name}: sharded extraction (shards started: {started}); `feat merge {root}` joins it "
+                     "once every shard is done")
     for name in names:
         fs = cache.read(name, rows=False)
         a = fs.attrs

@@ -12,14 +12,22 @@ Layout of a cache folder (schema 1, readable with plain h5py):
                              /X/data, /X/indices, /X/indptr (CSR) with attr shape
         /state/<key>         arrays an encoder needs to encode new rows alike (TF-IDF vocabulary, idf, ...)
         attrs: schema, name, encoder, fingerprint (JSON), fingerprint_id, dim, format, created, feat_version
-    features/<name>.parts/   committed batches of an unfinished extraction (same datasets, a subset of rows)
+    features/<name>.parts/   committed batches of an unfinished extraction (same datasets, a subset of rows):
+        part-<k>.h5          by a plain extract; part-<k>-s<i>of<n>.h5 by shard i of n (`--shard i/n`)
+        shard-s<i>of<n>.h5   shard i's manifest: its ids, content hashes, fingerprint, table digest, fit
     bad_rows.csv             every invalid or zero-filled row of every feature set, with its reason
-    .lock                    held by the process that writes
+    .lock                    held exclusively by a plain extract or a merge; shared by running shards
+    .lock-s<i>of<n>          held by shard i of n (one process per shard)
 
 Crash safety: every file is written under a temporary name, fsynced and renamed into place, so a reader or
 a resumed run sees either the old or the new file, never half of one. An extraction commits batches as part
 files as it goes and merges them into `<name>.h5` at the end; a killed run leaves committed parts that the
 next run reuses.
+
+Sharded extraction: n processes each encode the rows `Shard.owns` into their own part files and manifest, under
+a shared hold of `.lock` (so they run together, and no plain extract or merge runs beside them) and their own
+shard lock; none of them finalizes. The merge (or the next plain extract) holds `.lock` exclusively and
+finalizes as usual: the content-addressed parts of every shard are the same kind of rows a plain run commits.
 """
 
 from __future__ import annotations
@@ -28,6 +36,7 @@ import contextlib
 import hashlib
 import json
 import os
+import socket
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -40,6 +49,7 @@ import scipy.sparse as sp
 from filelock import FileLock, Timeout
 
 from feat import __version__
+from feat.cache.shard import Shard
 from feat.errors import FeatError, InputError
 
 SCHEMA = 1
@@ -47,6 +57,7 @@ ITEMS_FILE = "items.h5"
 FEATURES_DIR = "features"
 BAD_ROWS_FILE = "bad_rows.csv"
 LOCK_FILE = ".lock"
+MANIFEST_PREFIX = "shard-"
 STR = h5py.string_dtype()
 
 
@@ -94,6 +105,24 @@ class FeatureRows:
 
 
 @dataclass
+class ShardManifest:
+    """What one shard of a sharded extraction covers; written by the shard before it encodes, read by the merge."""
+
+    shard: Shard
+    ids: np.ndarray  # (k,) object array: the shard's rows, in table order
+    content_hash: np.ndarray  # (k,) object array: each row's content hash when the shard ran
+    fingerprint: dict
+    encoder: str  # registry name of the encoder
+    table_digest: str  # the table the shard saw; items.h5 must hold the same one when the parts are merged
+    state: dict[str, np.ndarray] = field(default_factory=dict)  # a fitted encoder's fit (TF-IDF), else empty
+
+    @property
+    def job(self) -> tuple:
+        """Shards of one sharded extraction agree on this; a manifest that differs is of an older job."""
+        return self.shard.count, fingerprint_id(self.fingerprint), self.table_digest
+
+
+@dataclass
 class FeatureSet:
     """A complete feature set as stored in features/<name>.h5."""
 
@@ -105,10 +134,12 @@ class FeatureSet:
 
 
 class FeatureCache:
-    """A cache folder. Writers hold `lock()`; readers need no lock because files are replaced atomically."""
+    """A cache folder. Writers hold `lock()`; readers need no lock because files are replaced atomically.
+    With `shard`, this object locks, names parts and cleans up as that shard of a sharded extraction."""
 
-    def __init__(self, root: str | os.PathLike):
+    def __init__(self, root: str | os.PathLike, shard: Shard | None = None):
         self.root = Path(root)
+        self.shard = shard
 
     # ----- locking -----------------------------------------------------------------------------------
     @contextlib.contextmanager
@@ -117,27 +148,74 @@ class FeatureCache:
             raise InputError(f"--cache {self.root} is a file, not a folder")
         try:
             self.root.mkdir(parents=True, exist_ok=True)
-            lock = FileLock(str(self.root / LOCK_FILE))
+        except OSError as exc:
+            raise _unwritable(self.root, exc) from None
+        with (self._shard_lock(timeout) if self.shard else self._exclusive_lock(timeout)):
+            self._remove_stale_temporaries()
+            yield
+
+    @contextlib.contextmanager
+    def _exclusive_lock(self, timeout: float) -> Iterator[None]:
+        lock = FileLock(str(self.root / LOCK_FILE))
+        try:
             lock.acquire(timeout=timeout)
         except Timeout:
-            waited = f" (waited {timeout:g} s)" if timeout else " (use --wait SECONDS to wait for it)"
-            raise FeatError(f"cache {self.root} is in use by another feat process{waited}; "
+            running = self.running_shards()
+            if running:
+                raise FeatError(f"cache {self.root} is in use by shard(s) {', '.join(s.label for s in running)} "
+                                f"of a sharded extract{_waited(timeout)}; wait for them to finish, then `feat "
+                                "merge`") from None
+            raise FeatError(f"cache {self.root} is in use by another feat process{_waited(timeout)}; "
                             "wait for it to finish or use another --cache") from None
         except OSError as exc:
-            raise FeatError(f"cannot write to cache {self.root}: {exc.strerror or exc} "
-                            "(a read-only folder? use another --cache)") from None
+            raise _unwritable(self.root, exc) from None
         try:
-            self._remove_stale_temporaries()
             yield
         finally:
             lock.release()
 
+    @contextlib.contextmanager
+    def _shard_lock(self, timeout: float) -> Iterator[None]:
+        """`.lock` shared (every shard of the job at once, no plain extract or merge meanwhile), then the
+        shard's own lock (one process per shard)."""
+        with _shared_file_lock(self.root / LOCK_FILE, timeout, self.root):
+            own = FileLock(str(self.root / f"{LOCK_FILE}-{self.shard.tag}"))
+            try:
+                own.acquire(timeout=timeout)
+            except Timeout:
+                raise FeatError(f"shard {self.shard.label} of cache {self.root} is already running in another "
+                                f"process{_waited(timeout)}") from None
+            except OSError as exc:
+                raise _unwritable(self.root, exc) from None
+            try:
+                yield
+            finally:
+                own.release()
+
+    def running_shards(self) -> list[Shard]:
+        """Shards whose lock another process holds now."""
+        running = []
+        for path in sorted(self.root.glob(f"{LOCK_FILE}-s*of*")):
+            probe = FileLock(str(path))
+            try:
+                probe.acquire(timeout=0)
+            except Timeout:
+                index, count = path.name.split("-s", 1)[1].split("of")
+                running.append(Shard(int(index), int(count)))
+            except OSError:
+                continue
+            else:
+                probe.release()
+        return running
+
     def _remove_stale_temporaries(self) -> None:
         """Temporary files of writers killed mid-write. Every writer holds the lock, so while we hold it no
-        temporary file belongs to a live process; none was ever visible under a real name."""
+        temporary file belongs to a live process; none was ever visible under a real name. A shard holds
+        only its own lock: it removes only its own files' temporaries (the others' may be being written)."""
+        pattern = f".*-{self.shard.tag}.h5.tmp*" if self.shard else ".*.tmp*"
         for folder in [self.root, self.root / FEATURES_DIR, *(self.root / FEATURES_DIR).glob("*.parts")]:
             if folder.is_dir():
-                for tmp in folder.glob(".*.tmp*"):
+                for tmp in folder.glob(pattern):
                     with contextlib.suppress(OSError):
                         tmp.unlink()
 
@@ -232,7 +310,7 @@ class FeatureCache:
         return len(stored) == len(ids) and bool(np.all(stored == np.asarray(ids, dtype=object)))
 
     def delete(self, name: str) -> None:
-        for part in self._part_files(name):
+        for part in [*self._part_files(name), *self._manifest_files(name)]:
             part.unlink()
         self.feature_path(name).unlink(missing_ok=True)
 
@@ -244,17 +322,19 @@ class FeatureCache:
     def _part_files(self, name: str) -> list[Path]:
         folder = self.parts_dir(name)
         # By number, not by name: commit order decides which row is newest, and names outgrow their padding.
-        return sorted(folder.glob("part-*.h5"), key=lambda p: int(p.stem.split("-")[1])) if folder.exists() else []
+        # Shards running at once may number a part alike; their rows are disjoint, so that order is moot.
+        return sorted(folder.glob("part-*.h5"), key=lambda p: (_part_number(p), p.name)) if folder.exists() else []
 
     def commit_part(self, name: str, rows: FeatureRows, fingerprint: dict) -> Path:
         """Durably store a batch of finished rows; a later run (or `finalize`) picks them up."""
         folder = self.parts_dir(name)
         if not folder.exists():
-            folder.mkdir(parents=True)
+            folder.mkdir(parents=True, exist_ok=True)  # exist_ok: shards create it at once
             _fsync_dir(folder.parent)  # the folder's own entry must survive a power cut with the parts in it
         existing = self._part_files(name)
-        index = int(existing[-1].stem.split("-")[1]) + 1 if existing else 0
-        path = folder / f"part-{index:06d}.h5"
+        # Numbered after every part this process can see, other shards' included: newer than all of them.
+        index = _part_number(existing[-1]) + 1 if existing else 0
+        path = folder / (f"part-{index:06d}-{self.shard.tag}.h5" if self.shard else f"part-{index:06d}.h5")
         with _atomic_h5(path) as f:
             _write_rows(f, rows)
             f.attrs["fingerprint"] = json.dumps(fingerprint, sort_keys=True)
@@ -301,7 +381,10 @@ class FeatureCache:
     def finalize(self, name: str, ids: list[str], hashes: list[str], fingerprint: dict,
                  state: dict[str, np.ndarray], encoder: str) -> FeatureSet:
         """Merge the committed rows of exactly this content (`ids` with their `hashes`) into
-        features/<name>.h5 in the order of `ids`, then drop the parts."""
+        features/<name>.h5 in the order of `ids`, then drop the parts and shard manifests."""
+        if self.shard:
+            raise FeatError(f"shard {self.shard.label} must not finalize '{name}': other shards may still commit; "
+                            "`feat merge` joins the parts")
         rows = self.committed(name, fingerprint, want=dict(zip(ids, hashes)))
         if rows is None:
             raise FeatError(f"nothing committed for feature set '{name}'")
@@ -323,11 +406,61 @@ class FeatureCache:
                 for key, value in state.items():
                     _write_any(group, key, value)
             f.attrs.update(attrs)
-        for part in self._part_files(name):
+        # Manifests last: a merge killed before they go finds every row in the complete file and redoes it.
+        for part in [*self._part_files(name), *self._manifest_files(name)]:
             part.unlink()
         with contextlib.suppress(OSError):
             self.parts_dir(name).rmdir()
         return FeatureSet(name, aligned, fingerprint, attrs, state)
+
+    # ----- shard manifests ---------------------------------------------------------------------------
+    def _manifest_files(self, name: str) -> list[Path]:
+        folder = self.parts_dir(name)
+        return sorted(folder.glob(f"{MANIFEST_PREFIX}s*of*.h5")) if folder.exists() else []
+
+    def sharded_names(self) -> list[str]:
+        """Feature sets with shard manifests: a sharded extraction waiting for its merge."""
+        folder = self.root / FEATURES_DIR
+        return sorted(p.name[: -len(".parts")] for p in folder.glob("*.parts")
+                      if any(p.glob(f"{MANIFEST_PREFIX}s*of*.h5"))) if folder.exists() else []
+
+    def write_shard_manifest(self, name: str, manifest: ShardManifest) -> None:
+        """Record what this shard covers, and drop manifests of another job (other n, fingerprint or table):
+        they describe work nobody will merge. Their committed parts stay, reusable by content."""
+        if manifest.shard != self.shard:
+            raise FeatError(f"a manifest of shard {manifest.shard.label} written as shard {self.shard}")
+        for old in self.shard_manifests(name):
+            if old.job != manifest.job:
+                self._manifest_path(name, old.shard).unlink(missing_ok=True)
+        path = self._manifest_path(name, manifest.shard)
+        if not path.parent.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _fsync_dir(path.parent.parent)
+        with _atomic_h5(path) as f:
+            _write_str(f, "ids", manifest.ids)
+            _write_str(f, "content_hash", manifest.content_hash)
+            if manifest.state:
+                group = f.create_group("state")
+                for key, value in manifest.state.items():
+                    _write_any(group, key, value)
+            f.attrs.update({"schema": SCHEMA, "shard": manifest.shard.index, "shards": manifest.shard.count,
+                            "fingerprint": json.dumps(manifest.fingerprint, sort_keys=True),
+                            "encoder": manifest.encoder, "table_digest": manifest.table_digest,
+                            "created": _now(), "feat_version": __version__})
+
+    def shard_manifests(self, name: str) -> list[ShardManifest]:
+        manifests = []
+        for path in self._manifest_files(name):
+            with h5py.File(path, "r") as f:
+                state = {k: _read_any(v) for k, v in f["state"].items()} if "state" in f else {}
+                manifests.append(ShardManifest(
+                    Shard(int(f.attrs["shard"]), int(f.attrs["shards"])), _read_str(f["ids"]),
+                    _read_str(f["content_hash"]), json.loads(f.attrs["fingerprint"]), str(f.attrs["encoder"]),
+                    str(f.attrs["table_digest"]), state))
+        return manifests
+
+    def _manifest_path(self, name: str, shard: Shard) -> Path:
+        return self.parts_dir(name) / f"{MANIFEST_PREFIX}{shard.tag}.h5"
 
     # ----- bad rows ----------------------------------------------------------------------------------
     def write_bad_rows(self, failed: dict[str, list[tuple[str, str]]] | None = None) -> pd.DataFrame:
@@ -348,7 +481,7 @@ class FeatureCache:
                                                    for _, reason in rows]}))
         columns = ["feature", "id", "valid", "reason"]
         table = pd.concat(frames, ignore_index=True)[columns] if frames else pd.DataFrame(columns=columns)
-        tmp = self.root / f".{BAD_ROWS_FILE}.tmp"
+        tmp = self.root / f".{BAD_ROWS_FILE}.tmp-{_writer_id()}"
         try:
             table.to_csv(tmp, index=False)
             os.replace(tmp, self.root / BAD_ROWS_FILE)
@@ -358,11 +491,64 @@ class FeatureCache:
         return table
 
 
+def table_digest(frame: pd.DataFrame) -> str:
+    """The digest items.h5 stores for a table (`write_items` skips an identical table by it)."""
+    return _frame_digest(frame)
+
+
 # ----- helpers (private to the cache module) ---------------------------------------------------------
+def _writer_id() -> str:
+    """Unique among live writers, also across the machines of a cluster sharing the cache folder."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def _part_number(path: Path) -> int:
+    return int(path.stem.split("-")[1])  # part-000012.h5 and part-000012-s1of4.h5 alike
+
+
+def _waited(timeout: float) -> str:
+    return f" (waited {timeout:g} s)" if timeout else " (use --wait SECONDS to wait for it)"
+
+
+def _unwritable(root: Path, exc: OSError) -> FeatError:
+    return FeatError(f"cannot write to cache {root}: {exc.strerror or exc} (a read-only folder? use another --cache)")
+
+
+@contextlib.contextmanager
+def _shared_file_lock(path: Path, timeout: float, root: Path) -> Iterator[None]:
+    """flock(LOCK_SH) on the file FileLock locks exclusively (filelock uses flock on Unix, and leaves the
+    file in place): any number of shared holders, or one exclusive holder."""
+    try:
+        import fcntl
+    except ImportError:
+        raise FeatError("--shard needs POSIX file locks (Linux, macOS)") from None
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as exc:
+        raise _unwritable(root, exc) from None
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise FeatError(f"cache {root} is in use by a feat process that is not a shard (a plain extract "
+                                    f"or a merge){_waited(timeout)}; wait for it to finish") from None
+                time.sleep(0.05)
+            except OSError as exc:  # a file system without flock (some network mounts)
+                raise FeatError(f"cache {root}: cannot lock {path.name} shared ({exc.strerror or exc}); "
+                                "--shard needs a file system with flock") from None
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
 @contextlib.contextmanager
 def _atomic_h5(path: Path) -> Iterator[h5py.File]:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.tmp-{_writer_id()}")
     try:
         with h5py.File(tmp, "w", track_order=True) as f:
             yield f

@@ -122,6 +122,11 @@ class TextEncoder(Encoder):
     def token_lengths(self, texts: list[str]) -> list[int]:
         """Token counts (after truncation), used to sort texts into batches of similar length."""
 
+    def load_tokenizer(self) -> None:
+        """Make `token_lengths` work where the network is not needed (the ray backend plans batches in the
+        driver and runs the network on actors). Default: a full `load`, for encoders without a lighter one."""
+        self.load(self.runtime)
+
     @abstractmethod
     def encode_texts(self, texts: list[str]) -> np.ndarray:
         """(len(texts), dim) float32, padded to the longest text of this batch only."""

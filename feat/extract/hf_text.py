@@ -46,6 +46,10 @@ class HFTextEncoder(TextEncoder):
             raise InputError(f"{self.model_id} has no pooler (e.g. DeBERTa-v3); use --pooling cls or mean")
         self.model = model.to(runtime.device)
 
+    def load_tokenizer(self) -> None:
+        self.tokenizer = load_tokenizer(self.model_id)
+        self._check_max_length()
+
     def _check_max_length(self) -> None:
         """Longer inputs than the model was trained on would index past its position table (a crash deep in
         a batch) or, for relative positions, silently give vectors the model never learned."""

@@ -15,17 +15,23 @@ class _ImageRows:
         return len(self.paths)
 
     def __getitem__(self, index: int):
-        from feat.extract.images import decode_image
+        return index, *load_pixels(self.paths[index], self.errors[index], self.transform)
 
-        if self.errors[index]:
-            return index, None, self.errors[index]
-        image, reason = decode_image(self.paths[index])
-        if image is None:
-            return index, None, reason
-        try:
-            return index, self.transform(image), ""
-        except Exception as exc:  # noqa: BLE001 - a processor failing on one odd image must not stop a run
-            return index, None, f"image preprocessing failed: {str(exc).splitlines()[0][:120]}"
+
+def load_pixels(path: str, error: str, transform: Callable):
+    """One row's encoder input: (pixels, "") or (None, why not). `error`: why the path was already refused.
+    Shared by the DataLoader workers here and the Ray backend's decoding tasks."""
+    from feat.extract.images import decode_image
+
+    if error:
+        return None, error
+    image, reason = decode_image(path)
+    if image is None:
+        return None, reason
+    try:
+        return transform(image), ""
+    except Exception as exc:  # noqa: BLE001 - a processor failing on one odd image must not stop a run
+        return None, f"image preprocessing failed: {str(exc).splitlines()[0][:120]}"
 
 
 def _collate(samples):

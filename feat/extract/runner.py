@@ -3,6 +3,11 @@
 For each encoder: compute the fingerprint (no model load) and a content hash per row, reuse every committed
 row whose id and hash match, encode the rest in batches (texts sorted by length, images decoded in
 DataLoader workers), commit finished batches durably as they come, then merge into one aligned file.
+
+Three steps, and only the middle one depends on the backend: plan (fingerprints, reuse: `_plan`,
+`_rows_to_encode`), encode batches (`Backend.batches`: `LocalBackend` here, `RayBackend` in ray_backend.py),
+commit and finalize (`_store`, `_Committer`, `FeatureCache.finalize`). With `--shard i/n` the run covers only
+the shard's rows and stops before finalizing: `feat merge` (or the next plain extract) does that.
 """
 
 from __future__ import annotations
@@ -10,12 +15,15 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
+from typing import Iterator, Protocol
 
 import numpy as np
 
 from rich.markup import escape
 
 from feat.cache import FeatureCache, FeatureRows
+from feat.cache.shard import Shard
+from feat.cache.store import ShardManifest, table_digest
 from feat.console import console, progress_bar
 from feat.data import Columns, Table, load_table
 from feat.errors import FeatError, InputError
@@ -25,6 +33,7 @@ from feat.extract.registry import create_encoder, encoder_class
 
 BAD_IMAGE_POLICIES = ("fail", "skip", "zero")
 STORE_DTYPES = ("float32", "float16")
+BACKENDS = ("local", "ray")
 
 
 @dataclass
@@ -47,6 +56,10 @@ class ExtractConfig:
     commit_every: int = 1024  # rows per durable commit (whole batches), bounding the work a crash can lose
     lock_timeout: float = 0  # seconds to wait for another process holding the cache lock
     predict: bool = False  # the table has no split: every row is to predict (`feat predict`)
+    shard: Shard | None = None  # encode only this shard's rows into its own parts; `feat merge` finalizes
+    backend: str = "local"  # where forward passes run: local (this process) | ray (a Ray Data pipeline)
+    ray_address: str | None = None  # ray: an existing cluster ("auto", "ray://head:10001"); None starts one here
+    ray_actors: int = 0  # ray: encoder actors, one model load each; 0 = one per GPU, else sized from the CPUs
 
 
 @dataclass
@@ -75,10 +88,12 @@ class EncoderReport:
 class BadImagesFailed(InputError):
     """`--on-bad-image fail` met bad images; the good rows of the run are committed."""
 
-    def __init__(self, name: str, rows: list[tuple[str, str]]):
+    def __init__(self, name: str, rows: list[tuple[str, str]], listed_in_file: bool = True):
         listed = "; ".join(f"{item}: {reason}" for item, reason in rows[:10])
+        # A shard does not write bad_rows.csv: the shards running beside it would overwrite each other's.
+        where = "listed in bad_rows.csv; " if listed_in_file else ""
         super().__init__(f"{name}: {len(rows)} bad image(s) with --on-bad-image fail ({listed}"
-                         f"{'; ...' if len(rows) > 10 else ''}); listed in bad_rows.csv; the other rows are "
+                         f"{'; ...' if len(rows) > 10 else ''}); {where}the other rows are "
                          "committed, a re-run with --on-bad-image skip or zero reuses them")
         self.name, self.rows = name, rows
 
@@ -90,8 +105,21 @@ class _Plan:
     encoder: Encoder
     name: str
     fingerprint: dict
-    hashes: list[str]
+    hashes: list[str]  # content hash per row this run covers
+    train_texts: list[str]  # what a fitted encoder fits on: the whole table's train split, also in a shard
     stale: str = ""  # the fingerprint difference when --force re-encodes a stale feature set
+
+
+@dataclass
+class _Run:
+    """What every encoder of one `extract` call shares."""
+
+    config: ExtractConfig
+    cache: FeatureCache  # seen as the shard, with --shard
+    table: Table  # the whole table: items.h5, and the train split a fit sees
+    work: Table  # the rows this run encodes: the shard's, or the whole table
+    runtime: Runtime  # where forward passes run (the backend decides), part of the fingerprint via its dtype
+    backend: "Backend"
 
 
 @dataclass
@@ -110,33 +138,43 @@ def extract(config: ExtractConfig, prepared: dict[str, Encoder] | None = None) -
     fine-tuned weights (`feat predict`)."""
     started = time.perf_counter()
     _check_config(config)
+    if prepared and config.backend != "local":
+        # Their weights (fine-tuned, or a fit) live in this process; an actor would load the registry's.
+        raise InputError("prepared encoders (feat predict) run on the local backend only")
     named = prepared or {config.name or e.name: e for e in _create_encoders(config)}
     encoders = list(named.values())
     needs_image = any("image" in e.modality for e in encoders)
     table = load_table(config.data, config.columns, config.image_root, config.allow_outside_root, config.predict)
     _check_table(table, encoders)
-    from feat.extract.device import select_device, select_dtype
-
-    device = select_device(config.device)
-    runtime = Runtime(device=device, dtype=select_dtype(config.dtype, device))
-    cache = FeatureCache(config.cache)
-    notes = [*table.notes, *_text_notes(table, encoders)]
+    work = _shard_rows(table, config.shard)
+    notes = [*table.notes, *_text_notes(work, encoders)]
     reports = []
-    with cache.lock(config.lock_timeout):
-        digests = _image_digests(table) if needs_image else None
-        # Every stale feature set is refused before the first write: a refused run leaves the cache as it was
-        # (items.h5 included, which must stay aligned with the feature sets it describes).
-        plans = [_plan(cache, table, name, encoder, config, runtime, digests) for name, encoder in named.items()]
-        cache.write_items(table.frame, {"source": str(table.source), "image_root": str(table.image_root),
-                                        "columns": vars(config.columns)})
-        for plan in plans:
-            try:
-                reports.append(_extract_one(cache, table, plan, config, runtime))
-            except BadImagesFailed as exc:
-                cache.write_bad_rows({exc.name: exc.rows})
-                raise
-            notes += reports[-1].notes
-        bad = cache.write_bad_rows()
+    backend = _create_backend(config)
+    try:
+        run = _Run(config, FeatureCache(config.cache, config.shard), table, work, backend.runtime(), backend)
+        with run.cache.lock(config.lock_timeout):
+            digests = _image_digests(work) if needs_image else None
+            # Every stale feature set is refused before the first write: a refused run leaves the cache as it
+            # was (items.h5 included, which must stay aligned with the feature sets it describes).
+            plans = [_plan(run, name, encoder, digests) for name, encoder in named.items()]
+            # Every shard writes the whole table, identically: items.h5 is the merge's row order.
+            run.cache.write_items(table.frame, {"source": str(table.source), "image_root": str(table.image_root),
+                                                "columns": vars(config.columns)})
+            for plan in plans:
+                try:
+                    reports.append(_extract_one(run, plan))
+                except BadImagesFailed as exc:
+                    if not config.shard:
+                        run.cache.write_bad_rows({exc.name: exc.rows})
+                    raise
+                notes += reports[-1].notes
+            bad = run.cache.write_bad_rows() if not config.shard else None
+    finally:
+        backend.close()
+    if config.shard:
+        notes.append(f"shard {config.shard.label}: {len(work)} of {len(table)} rows, all committed; once every "
+                     f"shard is done, `feat merge {config.cache}` joins them (and lists the bad rows)")
+        return ExtractReport(Path(config.cache), reports, notes, 0, time.perf_counter() - started)
     examples = list(bad[["feature", "id", "reason"]].head(5).itertuples(index=False, name=None))
     return ExtractReport(Path(config.cache), reports, notes, len(bad), time.perf_counter() - started, examples)
 
@@ -154,6 +192,26 @@ def _check_config(config: ExtractConfig) -> None:
         raise InputError("--batch-size and --commit-every must be positive, --num-workers not negative")
     if len(config.encoders) > 1 and (config.options.model or config.name):
         raise InputError("--model and --name apply to one encoder: run one `feat extract` per overridden encoder")
+    if config.backend not in BACKENDS:
+        raise InputError(f"--backend must be one of {', '.join(BACKENDS)}")
+    if config.ray_actors < 0:
+        raise InputError("--ray-actors must not be negative (0: sized from the cluster)")
+
+
+def _create_backend(config: ExtractConfig) -> "Backend":
+    if config.backend == "ray":
+        from feat.extract.ray_backend import RayBackend
+
+        return RayBackend(config)
+    return LocalBackend(config)
+
+
+def _shard_rows(table: Table, shard: Shard | None) -> Table:
+    """The rows this run encodes: the shard's (in table order), or all of them."""
+    if shard is None:
+        return table
+    frame = table.frame[[shard.owns(item) for item in table.ids]].reset_index(drop=True)
+    return replace(table, frame=frame, notes=[])
 
 
 def _create_encoders(config: ExtractConfig) -> list[Encoder]:
@@ -201,22 +259,23 @@ def _image_digests(table: Table) -> list[str]:
             for path, error in zip(table.frame["image_path"], table.frame["image_error"])]
 
 
-def _plan(cache: FeatureCache, table: Table, name: str, encoder: Encoder, config: ExtractConfig, runtime: Runtime,
-          digests: list[str] | None) -> _Plan:
-    texts = _texts(table)
-    if isinstance(encoder, FittedEncoder) and not encoder.frozen:
-        encoder.fit_key(_train_texts(table))
-    fingerprint = _fingerprint(encoder, runtime, config)
-    stored = cache.fingerprint(name)
+def _plan(run: _Run, name: str, encoder: Encoder, digests: list[str] | None) -> _Plan:
+    """`digests`: image digests of the rows this run covers. A fit sees the whole train split, also in a shard."""
+    fitted = isinstance(encoder, FittedEncoder)
+    train_texts = _train_texts(run.table) if fitted else []
+    if fitted and not encoder.frozen:
+        encoder.fit_key(train_texts)
+    fingerprint = _fingerprint(encoder, run.runtime, run.config)
+    stored = run.cache.fingerprint(name)
     stale = ""
     if stored is not None and stored != fingerprint:
         stale = _fingerprint_diff(stored, fingerprint)
-        if not config.force:
-            raise InputError(f"cache {cache.root}: feature set '{name}' was made with a different fingerprint "
+        if not run.config.force:
+            raise InputError(f"cache {run.cache.root}: feature set '{name}' was made with a different fingerprint "
                              f"({stale}); re-encode it with --force, or store the new features under another "
                              "--name")
-    hashes = [encoder.row_hash(t, d) for t, d in zip(texts, digests or [None] * len(table))]
-    return _Plan(encoder, name, fingerprint, hashes, stale)
+    hashes = [encoder.row_hash(t, d) for t, d in zip(_texts(run.work), digests or [None] * len(run.work))]
+    return _Plan(encoder, name, fingerprint, hashes, train_texts, stale)
 
 
 def _texts(table: Table) -> list[str | None]:
@@ -227,34 +286,47 @@ def _train_texts(table: Table) -> list[str]:
     return [t for t, s in zip(_texts(table), table.frame["split"]) if s == "train"]
 
 
-def _extract_one(cache: FeatureCache, table: Table, plan: _Plan, config: ExtractConfig,
-                 runtime: Runtime) -> EncoderReport:
+def _extract_one(run: _Run, plan: _Plan) -> EncoderReport:
     started = time.perf_counter()
-    encoder, name, fingerprint = plan.encoder, plan.name, plan.fingerprint
-    report = EncoderReport(name, rows=len(table))
+    cache, work, encoder, name = run.cache, run.work, plan.encoder, plan.name
+    report = EncoderReport(name, rows=len(work))
     if plan.stale:
         console.print(f"[yellow]{name}: fingerprint changed ({escape(plan.stale)}); --force: re-encoding every row",
                       soft_wrap=True)
-        cache.delete(name)
-    committed = cache.committed(name, fingerprint, matrix=False)
-    todo = _rows_to_encode(committed, table.ids, plan.hashes, config.on_bad_image)
-    report.reused = len(table) - len(todo)
+        if not cache.shard:  # a shard leaves the others' parts alone; stale rows are never read (fingerprint)
+            cache.delete(name)
+    committed = cache.committed(name, plan.fingerprint, matrix=False)
+    todo = _rows_to_encode(committed, work.ids, plan.hashes, run.config.on_bad_image)
+    report.reused = len(work) - len(todo)
+    if cache.shard:
+        _write_manifest(run, plan)  # before encoding: a merge tells a shard that died half-way from one never run
     if todo:
         known_dim = committed.dim if committed is not None and len(committed) else None
-        _encode(cache, table, encoder, name, config, runtime, fingerprint, todo, plan.hashes, report, known_dim)
-    if todo or not cache.is_complete(name, table.ids):
-        state = _fitted_state(cache, name, encoder, table) if isinstance(encoder, FittedEncoder) else {}
-        rows = cache.finalize(name, table.ids, plan.hashes, fingerprint, state, encoder.name).rows
+        _encode(run, EncodeJob.of(run, plan, todo, report, known_dim))
+    if cache.shard:
+        rows = cache.committed(name, plan.fingerprint, matrix=False, want=dict(zip(work.ids, plan.hashes)))
+    elif todo or not cache.is_complete(name, work.ids):
+        state = _fitted_state(cache, name, encoder, plan.train_texts) if isinstance(encoder, FittedEncoder) else {}
+        rows = cache.finalize(name, work.ids, plan.hashes, plan.fingerprint, state, encoder.name).rows
     else:
         rows = cache.read_flags(name)  # a warm cache: the matrix is not needed (and may be gigabytes)
-    report.invalid = int((~rows.valid).sum())
-    report.zero_filled = int((rows.valid & (rows.reason != "")).sum())
-    report.dim = rows.dim
+    if rows is not None:  # None: a shard that owns no row
+        report.invalid = int((~rows.valid).sum())
+        report.zero_filled = int((rows.valid & (rows.reason != "")).sum())
+        report.dim = rows.dim
     report.seconds = time.perf_counter() - started
     return report
 
 
-def _fitted_state(cache: FeatureCache, name: str, encoder: FittedEncoder, table: Table) -> dict:
+def _write_manifest(run: _Run, plan: _Plan) -> None:
+    encoder = plan.encoder
+    state = _fitted_state(run.cache, plan.name, encoder, plan.train_texts) if isinstance(encoder, FittedEncoder) else {}
+    run.cache.write_shard_manifest(plan.name, ShardManifest(
+        run.cache.shard, np.asarray(run.work.ids, dtype=object), np.asarray(plan.hashes, dtype=object),
+        plan.fingerprint, encoder.name, table_digest(run.table.frame), state))
+
+
+def _fitted_state(cache: FeatureCache, name: str, encoder: FittedEncoder, train_texts: list[str]) -> dict:
     """The fit that made the rows being finalized. Every row hash includes the fit digest, so all rows come
     from the current train split; after a run killed between its commits and the merge, the stored state may
     still be an older fit, and is then refitted (deterministic) rather than mislabelled."""
@@ -265,7 +337,7 @@ def _fitted_state(cache: FeatureCache, name: str, encoder: FittedEncoder, table:
         stored = cache.read(name, rows=False).state
         if "fit_digest" in stored and str(stored["fit_digest"][0]) == encoder.fit_digest:
             return stored
-    encoder.fit(_train_texts(table))
+    encoder.fit(train_texts)
     return encoder.state()
 
 
@@ -328,33 +400,140 @@ class _Committer:
         self.blocks, self.pending = [], 0
 
 
-def _encode(cache, table, encoder, name, config, runtime, fingerprint, todo, hashes, report, known_dim) -> None:
-    committer = _Committer(cache, name, fingerprint, config.commit_every, config.store_dtype)
-    ids, texts = table.ids, _texts(table)
-    with progress_bar(name, len(todo)) as advance:
+@dataclass
+class EncodeJob:
+    """One encoder's rows to encode in this run: everything a backend needs, and where the results go."""
+
+    encoder: Encoder
+    name: str  # feature-set name
+    fingerprint: dict  # stored with every committed part
+    todo: list[int]  # positions among the covered rows to encode, in table order
+    ids: list[str]  # per covered row (all rows, or a shard's)
+    texts: list[str | None]  # per covered row; None without a text column
+    paths: list[str]  # per covered row: resolved image path ("" without one)
+    errors: list[str]  # per covered row: why its image path was refused ("" when it was not)
+    hashes: list[str]  # per covered row: the content hash stored beside its vector
+    train_texts: list[str]  # the whole table's train split, for a fitted encoder's fit
+    config: ExtractConfig
+    runtime: Runtime
+    report: EncoderReport  # counts and notes, filled in as batches are stored
+    known_dim: int | None  # width of the rows committed before: a batch of only bad images needs it
+
+    @staticmethod
+    def of(run: _Run, plan: _Plan, todo: list[int], report: EncoderReport, known_dim: int | None) -> "EncodeJob":
+        frame = run.work.frame
+        images = run.work.has_image
+        return EncodeJob(plan.encoder, plan.name, plan.fingerprint, todo, run.work.ids, _texts(run.work),
+                         frame["image_path"].tolist() if images else [""] * len(frame),
+                         frame["image_error"].tolist() if images else [""] * len(frame), plan.hashes,
+                         plan.train_texts, run.config, run.runtime, report, known_dim)
+
+
+@dataclass
+class EncodedBatch:
+    """What a backend hands back: some todo rows, each with its vector or the reason it has none."""
+
+    rows: list[int]  # positions among the covered rows, in any order
+    matrix: object  # (len(rows), dim) float array or CSR; zeros where `reasons` says why there is no vector
+    reasons: list[str]  # "" for an encoded row, else why its input could not be encoded
+    forwards: int  # forward passes spent on it (0 when every row was bad)
+
+
+class Backend(Protocol):
+    """Where forward passes run. Planning and writing the cache are the runner's, whatever the backend."""
+
+    def runtime(self) -> Runtime:
+        """The device and compute dtype the encoders will run with (its dtype is in every fingerprint)."""
+
+    def batches(self, job: EncodeJob) -> Iterator[EncodedBatch]:
+        """Every row of `job.todo` exactly once, in batches, as they finish."""
+
+    def close(self) -> None: ...
+
+
+class LocalBackend:
+    """Forward passes in this process: texts sorted by length, images decoded in DataLoader workers."""
+
+    def __init__(self, config: ExtractConfig):
+        self.config = config
+
+    def runtime(self) -> Runtime:
+        from feat.extract.device import select_device, select_dtype
+
+        device = select_device(self.config.device)
+        return Runtime(device=device, dtype=select_dtype(self.config.dtype, device))
+
+    def batches(self, job: EncodeJob) -> Iterator[EncodedBatch]:
+        encoder = job.encoder
         if isinstance(encoder, FittedEncoder):
-            encoder.load(runtime)
-            if not encoder.frozen:
-                encoder.fit(_train_texts(table))
-            matrix = encoder.transform_texts([texts[i] for i in todo])
-            committer.add([ids[i] for i in todo], [hashes[i] for i in todo], matrix, [True] * len(todo),
-                          [""] * len(todo))
-            report.batches += 1
-            report.encoded += len(todo)
-            advance(len(todo))
-            bad = []
+            yield from fitted_batches(job)
         elif isinstance(encoder, TextEncoder):
-            _ensure_loaded(encoder, runtime)
-            bad = _encode_texts(encoder, [texts[i] for i in todo], todo, ids, hashes, config, committer, report,
-                                advance)
+            _ensure_loaded(encoder, job.runtime)
+            for rows in text_batches(job):
+                vectors = encoder.encode_texts([job.texts[r] for r in rows])
+                yield EncodedBatch(rows, vectors, [""] * len(rows), forwards=1)
         elif isinstance(encoder, (ImageEncoder, JointEncoder)):
-            bad = _encode_images(encoder, table, todo, ids, hashes, config, runtime, committer, report, advance,
-                                 known_dim)
+            yield from _image_batches(job)
         else:
             raise FeatError(f"encoder '{encoder.name}' is of no known kind")
+
+    def close(self) -> None:
+        pass
+
+
+def _encode(run: _Run, job: EncodeJob) -> None:
+    committer = _Committer(run.cache, job.name, job.fingerprint, run.config.commit_every, run.config.store_dtype)
+    bad = []
+    with progress_bar(job.name, len(job.todo)) as advance:
+        for batch in run.backend.batches(job):
+            bad += _store(job, batch, committer)
+            advance(len(batch.rows))
     committer.flush()
     if bad:
-        raise BadImagesFailed(name, bad)
+        raise BadImagesFailed(job.name, bad, listed_in_file=run.cache.shard is None)
+
+
+def _store(job: EncodeJob, batch: EncodedBatch, committer: _Committer) -> list[tuple[str, str]]:
+    """Commit a batch under the --on-bad-image policy; returns the bad rows `fail` keeps out of the cache."""
+    policy = job.config.on_bad_image
+    reasons = batch.reasons
+    keep = [j for j, reason in enumerate(reasons) if not reason or policy != "fail"]
+    matrix = batch.matrix if len(keep) == len(reasons) else batch.matrix[keep]
+    committer.add([job.ids[batch.rows[j]] for j in keep], [job.hashes[batch.rows[j]] for j in keep], matrix,
+                  [not reasons[j] or policy == "zero" for j in keep], [reasons[j] for j in keep])
+    job.report.batches += batch.forwards
+    job.report.encoded += sum(not reason for reason in reasons)
+    return [(job.ids[batch.rows[j]], reason) for j, reason in enumerate(reasons) if reason and policy == "fail"]
+
+
+def fitted_batches(job: EncodeJob) -> Iterator[EncodedBatch]:
+    """A fitted encoder (TF-IDF) transforms every row at once, in this process under every backend: there is
+    no network to spread, and its fit is part of the fingerprint's meaning."""
+    encoder = job.encoder
+    encoder.load(job.runtime)
+    if not encoder.frozen and not encoder.state():  # a shard fitted already, for its manifest
+        encoder.fit(job.train_texts)
+    matrix = encoder.transform_texts([job.texts[i] for i in job.todo])
+    yield EncodedBatch(list(job.todo), matrix, [""] * len(job.todo), forwards=1)
+
+
+def text_batches(job: EncodeJob) -> list[list[int]]:
+    """The todo rows as text batches (needs `token_lengths`), the same whichever backend encodes them.
+
+    Longest first: the largest batch runs (and would run out of memory) at once, not after an hour.
+    Deterministic (ties by position) and cut in whole batches from the start: commits are whole batches,
+    so after a crash the rows left form exactly the batches the uninterrupted run would have formed,
+    and the resumed cache is bit-identical to it."""
+    encoder = job.encoder
+    lengths = encoder.token_lengths([job.texts[i] for i in job.todo])
+    order = sorted(range(len(job.todo)), key=lambda i: (-lengths[i], i))
+    limit = encoder.max_length
+    truncated = [job.ids[job.todo[i]] for i in order if limit and lengths[i] >= limit]
+    if truncated:
+        job.report.notes.append(f"{job.name}: {len(truncated)} text(s) reached --max-length {limit} tokens and "
+                                f"were truncated (e.g. {', '.join(truncated[:3])})")
+    size = job.config.batch_size
+    return [[job.todo[i] for i in order[start:start + size]] for start in range(0, len(order), size)]
 
 
 def _ensure_loaded(encoder: Encoder, runtime: Runtime) -> None:
@@ -362,80 +541,44 @@ def _ensure_loaded(encoder: Encoder, runtime: Runtime) -> None:
         encoder.load(runtime)
 
 
-def _encode_texts(encoder, texts, todo, ids, hashes, config, committer, report, advance) -> list:
-    lengths = encoder.token_lengths(texts)
-    # Longest first: the largest batch runs (and would run out of memory) at once, not after an hour.
-    # Deterministic (ties by position) and cut in whole batches from the start: commits are whole batches,
-    # so after a crash the rows left form exactly the batches the uninterrupted run would have formed,
-    # and the resumed cache is bit-identical to it.
-    order = sorted(range(len(texts)), key=lambda i: (-lengths[i], i))
-    limit = encoder.max_length
-    truncated = [ids[todo[i]] for i in order if limit and lengths[i] >= limit]
-    if truncated:
-        report.notes.append(f"{report.name}: {len(truncated)} text(s) reached --max-length {limit} tokens and were "
-                            f"truncated (e.g. {', '.join(truncated[:3])})")
-    for start in range(0, len(order), config.batch_size):
-        chunk = order[start:start + config.batch_size]
-        vectors = encoder.encode_texts([texts[i] for i in chunk])
-        report.batches += 1
-        report.encoded += len(chunk)
-        rows = [todo[i] for i in chunk]
-        committer.add([ids[r] for r in rows], [hashes[r] for r in rows], vectors, [True] * len(rows),
-                      [""] * len(rows))
-        advance(len(chunk))
-    return []
-
-
-def _encode_images(encoder, table, todo, ids, hashes, config, runtime, committer, report, advance,
-                   known_dim) -> list:
+def _image_batches(job: EncodeJob) -> Iterator[EncodedBatch]:
     import torch
 
     from feat.extract.image_loader import image_batches
 
-    dim = known_dim
-    bad = []
-    paths = table.frame["image_path"].tolist()
-    errors = table.frame["image_error"].tolist()
-    texts = _texts(table)
-
-    def forward(rows: list[int], pixels) -> np.ndarray:
-        # A joint encoder reads each row's text beside its image; a row without a usable image is not encoded
-        # at all (its text alone is not what the joint vector means).
-        if isinstance(encoder, JointEncoder):
-            return encoder.encode_pairs([texts[r] for r in rows], pixels)
-        return encoder.encode_pixels(pixels)
-
-    for positions, pixels, reasons in image_batches([paths[i] for i in todo], [errors[i] for i in todo],
-                                                    encoder.transform(), config.batch_size, config.num_workers,
-                                                    pin_memory=runtime.device.startswith("cuda")):
-        rows = [todo[p] for p in positions]
+    encoder, runtime, dim = job.encoder, job.runtime, job.known_dim
+    loader = image_batches([job.paths[i] for i in job.todo], [job.errors[i] for i in job.todo],
+                           encoder.transform(), job.config.batch_size, job.config.num_workers,
+                           pin_memory=runtime.device.startswith("cuda"))
+    for positions, pixels, reasons in loader:
+        rows = [job.todo[p] for p in positions]
         good = [j for j, reason in enumerate(reasons) if not reason]
         if good:
             # Loaded on the first good image: a run that only re-checks bad images loads no model.
             _ensure_loaded(encoder, runtime)
-            vectors = forward([rows[j] for j in good], pixels)
-            report.batches += 1
-            report.encoded += len(good)
+            vectors = encode_images(encoder, [job.texts[rows[j]] for j in good], pixels)
             dim = vectors.shape[1]
         if dim is None:
             _ensure_loaded(encoder, runtime)
-            dim = _probe_dim(encoder)
+            dim = probe_dim(encoder)
         matrix = np.zeros((len(rows), dim), dtype=np.float32)
         if good:
             matrix[good] = vectors
-        keep = [j for j, reason in enumerate(reasons) if not reason or config.on_bad_image != "fail"]
-        bad += [(ids[rows[j]], reasons[j]) for j, reason in enumerate(reasons) if reason and
-                config.on_bad_image == "fail"]
-        valid = [not reasons[j] or config.on_bad_image == "zero" for j in keep]
-        committer.add([ids[rows[j]] for j in keep], [hashes[rows[j]] for j in keep], matrix[keep], valid,
-                      [reasons[j] for j in keep])
-        advance(len(rows))
         del pixels
+        yield EncodedBatch(rows, matrix, list(reasons), forwards=1 if good else 0)
     torch.cuda.empty_cache() if torch.cuda.is_available() else None
-    return bad
 
 
-def _probe_dim(encoder: ImageEncoder | JointEncoder) -> int:
+def encode_images(encoder: ImageEncoder | JointEncoder, texts: list[str | None], pixels) -> np.ndarray:
+    """One forward pass over the good images of a batch. A joint encoder reads each row's text beside its
+    image; a row without a usable image is not encoded at all (its text alone is not what the joint vector
+    means)."""
+    if isinstance(encoder, JointEncoder):
+        return encoder.encode_pairs(texts, pixels)
+    return encoder.encode_pixels(pixels)
+
+
+def probe_dim(encoder: ImageEncoder | JointEncoder) -> int:
     """The output size, from one forward pass on a blank image (needed when a batch has no good image)."""
     from PIL import Image
 
