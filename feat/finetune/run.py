@@ -101,11 +101,19 @@ def _frozen_by_option(freeze: str, modality: str) -> bool:
     return {"text": "text", "vision": "image", "joint": "text+image"}.get(freeze) == modality
 
 
+@dataclass
+class _Assembled:
+    """The model built from a run, and what feeds it."""
+
+    model: object  # FinetuneModel
+    rows: object  # RowSet
+    modules: dict  # feature -> trainable encoder module (the live inputs)
+    transforms: dict  # feature -> its encoder's image transform (image inputs only)
+    trainable: dict  # feature -> what --unfreeze-last left trainable
+
+
 def finetune_one(spec: FinetuneSpec, source: Path, out: Path) -> FinetuneResult:
-    from feat.extract.base import FittedEncoder, Runtime
-    from feat.finetune.data import load_rows
     from feat.finetune.device import select_accelerator
-    from feat.finetune.model import FinetuneModel, enable_grad_checkpointing, train_last_blocks
     from feat.finetune.parity import as_cached, check_parity
     from feat.finetune.train import class_weights, fit, new_loop
 
@@ -116,46 +124,16 @@ def finetune_one(spec: FinetuneSpec, source: Path, out: Path) -> FinetuneResult:
                          f"({saved.config.get('source_run')})")
     if spec.resume and (out / art.METRICS).exists() and not (out / ckpt.FOLDER).exists():
         console.print(f"{out} is already complete (metrics.json); nothing to resume")
-        metrics = art.read_json(out / art.METRICS)
-        return FinetuneResult(out, source, metrics, saved.config["metric"])
+        return FinetuneResult(out, source, art.read_json(out / art.METRICS), saved.config["metric"])
     if not spec.resume and (out / ckpt.FOLDER / ckpt.INDEX).exists():
         raise InputError(f"{out} holds the checkpoint of an unfinished fine-tuning: continue it with --resume, "
                          "or choose another --out")
     accel = select_accelerator(spec.device, cfg.amp)
     train_cfg, metric = saved.train_config(), saved.config["metric"]
-    encoders = {f: encoder_from_fingerprint(saved.base_fingerprint(f)) for f in saved.features}
-    for feature, encoder in encoders.items():
-        check_fingerprint(feature, encoder, saved.base_fingerprint(feature), f"run {source}")
-    live = {f: e for f, e in encoders.items() if not isinstance(e, FittedEncoder)
-            and not _frozen_by_option(cfg.freeze, e.modality) and cfg.unfreeze_last != 0}
-    if not live:
-        raise InputError(f"nothing to fine-tune in {source}: its inputs ({', '.join(encoders)}) are fitted "
-                         "(TF-IDF) or frozen by --freeze / --unfreeze-last 0; `feat fuse` trains a head alone")
-    rows = load_rows(saved, Path(spec.cache or saved.cache), spec.data, live, spec.image_root)
-    for encoder in live.values():
-        encoder.load(Runtime(device=accel.device, dtype="float32"))  # autocast, not the weights, lowers precision
-    modules = {f: e.trainable_module().requires_grad_(True) for f, e in live.items()}
-    head = saved.head().requires_grad_(True)
-    store_dtypes = {f: saved.base_fingerprint(f)["store_dtype"] for f in live}
-    model = FinetuneModel(saved.features, modules, head, rows, saved.stats(), store_dtypes, train_cfg.missing)
-    model.to(accel.device)
-    transforms = {f: e.transform() for f, e in live.items() if "image" in e.modality}
-    eval_batch = max(cfg.batch_size, 32)
-    trainable = {}
-    if cfg.unfreeze_last > 0:
-        from feat.finetune.data import batches, ordered_chunks
-
-        probe_rows = rows.positions("dev")[:2]
-        probe = next(batches(rows, ordered_chunks(probe_rows, 2), transforms))
-        for feature, module in modules.items():
-            model.eval()
-            trainable[feature] = train_last_blocks(module, cfg.unfreeze_last, lambda: model(probe))
-    if cfg.grad_checkpointing:
-        for module in modules.values():
-            enable_grad_checkpointing(module)
-
+    built = _assemble(spec, saved, accel)
     identity = {"source_run": str(source.resolve()), "finetune": asdict(cfg), "features": saved.features,
-                "live": list(live)}
+                "live": list(built.modules)}
+    eval_batch = max(cfg.batch_size, 32)
     resumed = None
     if spec.resume:
         resumed = ckpt.load(out)
@@ -168,36 +146,81 @@ def finetune_one(spec: FinetuneSpec, source: Path, out: Path) -> FinetuneResult:
         loop = resumed.loop
         console.print(f"resuming {out} at epoch {loop['epoch']}, batch {loop['batch']} (step {loop['step']})")
     else:
-        compute = {saved.base_fingerprint(f)["compute_dtype"] for f in live}
-        with as_cached(model, accel.device_type, sorted(compute)[0], train_cfg.precision):
-            initial, parity = check_parity(model, rows, saved, metric, cfg.parity_tolerance, eval_batch, transforms,
-                                           spec.num_workers, accel.pin_memory)
+        compute = sorted({saved.base_fingerprint(f)["compute_dtype"] for f in built.modules})
+        with as_cached(built.model, accel.device_type, compute[0], train_cfg.precision):
+            initial, parity = check_parity(built.model, built.rows, saved, metric, cfg.parity_tolerance, eval_batch,
+                                           built.transforms, spec.num_workers, accel.pin_memory)
         loop = new_loop(initial, parity, metric)
         out.mkdir(parents=True, exist_ok=True)
         (out / art.METRICS).unlink(missing_ok=True)  # the folder is incomplete until metrics.json is back
         console.print(f"parity: dev {metric} {_fmt(initial[metric])} before any step = run's "
                       f"{_fmt(parity['run_dev'])} (max |Δp| {parity['max_probability_difference']:.2e})")
 
-    result = fit(model, rows, cfg, accel, metric, class_weights(rows, train_cfg.class_weights), transforms,
-                 spec.num_workers, out, identity, loop, resumed)
+    result = fit(built.model, built.rows, cfg, accel, metric, class_weights(built.rows, train_cfg.class_weights),
+                 built.transforms, spec.num_workers, out, identity, loop, resumed)
+    metrics = _write_outputs(spec, saved, built, accel, loop, result, out)
+    ckpt.remove(out)
+    return FinetuneResult(out, source, metrics, metric)
 
+
+def _assemble(spec: FinetuneSpec, saved, accel) -> _Assembled:
+    """The run's encoders (checked against its fingerprints, loaded in float32: autocast, not the weights,
+    lowers the precision) in front of its head, with --freeze / --unfreeze-last / --grad-checkpointing."""
+    from feat.extract.base import FittedEncoder, Runtime
+    from feat.finetune.data import batches, load_rows, ordered_chunks
+    from feat.finetune.model import FinetuneModel, enable_grad_checkpointing, train_last_blocks
+
+    cfg = spec.config
+    encoders = {f: encoder_from_fingerprint(saved.base_fingerprint(f)) for f in saved.features}
+    for feature, encoder in encoders.items():
+        check_fingerprint(feature, encoder, saved.base_fingerprint(feature), f"run {saved.path}")
+    live = {f: e for f, e in encoders.items() if not isinstance(e, FittedEncoder)
+            and not _frozen_by_option(cfg.freeze, e.modality) and cfg.unfreeze_last != 0}
+    if not live:
+        raise InputError(f"nothing to fine-tune in {saved.path}: its inputs ({', '.join(encoders)}) are fitted "
+                         "(TF-IDF) or frozen by --freeze / --unfreeze-last 0; `feat fuse` trains a head alone")
+    rows = load_rows(saved, Path(spec.cache or saved.cache), spec.data, live, spec.image_root)
+    for encoder in live.values():
+        encoder.load(Runtime(device=accel.device, dtype="float32"))
+    modules = {f: e.trainable_module().requires_grad_(True) for f, e in live.items()}
+    store_dtypes = {f: saved.base_fingerprint(f)["store_dtype"] for f in live}
+    model = FinetuneModel(saved.features, modules, saved.head().requires_grad_(True), rows, saved.stats(),
+                          store_dtypes, saved.train_config().missing).to(accel.device)
+    transforms = {f: e.transform() for f, e in live.items() if "image" in e.modality}
+    trainable = {}
+    if cfg.unfreeze_last > 0:
+        probe = next(batches(rows, ordered_chunks(rows.positions("dev")[:2], 2), transforms))
+        model.eval()
+        for feature, module in modules.items():
+            trainable[feature] = train_last_blocks(module, cfg.unfreeze_last, lambda: model(probe))
+    if cfg.grad_checkpointing:
+        for module in modules.values():
+            enable_grad_checkpointing(module)
+    return _Assembled(model, rows, modules, transforms, trainable)
+
+
+def _write_outputs(spec: FinetuneSpec, saved, built: _Assembled, accel, loop: dict, result, out: Path) -> dict:
+    """Test once, with the best state; then the run folder, metrics.json last."""
     from feat.finetune.parity import evaluate
     from feat.fuse.train import split_metrics
 
+    metric, rows = saved.config["metric"], built.rows
     splits = {}
-    for split in ("dev", "test"):  # test: once, with the best state
+    for split in ("dev", "test"):
         positions = rows.positions(split)
-        logits = evaluate(model, rows, positions, eval_batch, transforms, spec.num_workers, accel.pin_memory)
+        logits = evaluate(built.model, rows, positions, max(spec.config.batch_size, 32), built.transforms,
+                          spec.num_workers, accel.pin_memory)
         splits[split] = (positions, *split_metrics(logits, rows.y[positions]))
-    tensors, fingerprints = _weights_and_fingerprints(saved, model, modules)
-    config = {"kind": FINETUNE, "feat_version": __version__, "source_run": str(source.resolve()),
+    tensors, fingerprints = _weights_and_fingerprints(saved, built.model, built.modules)
+    live = list(built.modules)
+    config = {"kind": FINETUNE, "feat_version": __version__, "source_run": str(saved.path.resolve()),
               "cache": str(Path(spec.cache or saved.cache).resolve()), "features": saved.features,
               "label": saved.config["label"], "classes": saved.classes, "input_dims": saved.config["input_dims"],
               "metric": metric, "valid_from": saved.config["valid_from"], "head": saved.config["head"],
-              "train": saved.config["train"], "finetune": asdict(cfg), "tuned": list(live),
+              "train": saved.config["train"], "finetune": asdict(spec.config), "tuned": live,
               "fixed": [f for f in saved.features if f not in live], "fingerprints": fingerprints,
               "base_fingerprints": saved.config["fingerprints"], "items_digest": saved.config["items_digest"],
-              "data": rows.report, "trainable": trainable, "device": accel.device,
+              "data": rows.report, "trainable": built.trainable, "device": accel.device,
               "amp": accel.amp_dtype or "float32", "num_workers": spec.num_workers}
     art.write_json(out / art.CONFIG, config)
     art.save_model(out / art.MODEL, tensors, {"format": "pt"})
@@ -213,10 +236,9 @@ def finetune_one(spec: FinetuneSpec, source: Path, out: Path) -> FinetuneResult:
                "best_epoch": result.best_epoch, "steps": result.steps,
                "seconds_per_step": round(result.seconds / result.steps, 4) if result.steps else None,
                "train_seconds": round(result.seconds, 3), "stopped": result.stopped, "parity": loop["parity"],
-               "source_run": str(source.resolve()), "seed": cfg.seed}
+               "source_run": str(saved.path.resolve()), "seed": spec.config.seed}
     art.write_json(out / art.METRICS, metrics)
-    ckpt.remove(out)
-    return FinetuneResult(out, source, metrics, metric)
+    return metrics
 
 
 def _weights_and_fingerprints(saved, model, modules: dict) -> tuple[dict, dict]:
