@@ -80,16 +80,18 @@ def compare(ablation: Path, results: pd.DataFrame, best: dict[str, pd.Series | N
         return Comparison("", "", float("nan"), float("nan"), 0, f"no {missing} configuration to compare")
     # The ranking is by dev (ties by dev loss), the same order the ablation's table has.
     top = min(multimodal, key=lambda r: r["rank"])
-    y, a, k = _predictions(ablation, results, top)
-    y_text, b, _ = _predictions(ablation, results, text)
-    if not np.array_equal(y, y_text):
+    ids, y, a, k = _predictions(ablation, results, top)
+    ids_text, _, b, _ = _predictions(ablation, results, text)
+    if not np.array_equal(ids, ids_text):
         raise FeatError(f"{ablation}: the runs of {name(top)} and {name(text)} were scored on different test items")
     delta, p = paired_bootstrap(y, a, b, k, metric)
     return Comparison(name(top), name(text), delta, p, len(y))
 
 
-def _predictions(ablation: Path, results: pd.DataFrame, row: pd.Series) -> tuple[np.ndarray, np.ndarray, int]:
-    """(truth, (seeds, n) predicted class indices, classes) of a configuration's runs, from their files."""
+def _predictions(ablation: Path, results: pd.DataFrame,
+                 row: pd.Series) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """(test ids, truth, (seeds, n) predicted class indices, number of classes) of a configuration's runs,
+    from the files the runs wrote."""
     from feat.fuse import artifacts as art
 
     runs = results[(results["features"] == row["features"]) & (results["strategy"] == row["strategy"])]["run"]
@@ -103,4 +105,4 @@ def _predictions(ablation: Path, results: pd.DataFrame, row: pd.Series) -> tuple
         ids = frame["id"].to_numpy()
         truth = np.array([position[c] for c in frame["true"]], dtype=np.int64)
         preds.append(np.array([position[c] for c in frame["pred"]], dtype=np.int64))
-    return truth, np.stack(preds), len(classes)
+    return ids, truth, np.stack(preds), len(classes)

@@ -9,7 +9,7 @@ fingerprint the one over more rows is kept: the model load it includes is then s
 from __future__ import annotations
 
 import os
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 from feat.study.extraction import Outcome
@@ -52,8 +52,10 @@ def update_costs(out: Path, outcomes: list[Outcome], device: str) -> dict[str, C
         if new.encoded and (old is None or new.encoded >= old.encoded):
             costs[new.feature] = new
         else:
-            costs[new.feature] = old or new  # `new` without rows encoded says: no measurement
-    _write(path, {**stored, **{f: c for f, c in costs.items() if c.encoded}})
+            # `new` without rows encoded says: no measurement. A kept one takes the current labels (same
+            # fingerprint, so only how they are shown can differ) and keeps its numbers.
+            costs[new.feature] = replace(old, model=new.model, dim=new.dim) if old else new
+    _write(path, {**stored, **{f: c for f, c in costs.items() if c.encoded}})  # kept ones are rewritten as shown
     return costs
 
 
@@ -64,7 +66,9 @@ def _measure(outcome: Outcome, device: str) -> Cost:
 
     report, fingerprint = outcome.report, outcome.fingerprint or {}
     return Cost(feature=outcome.encoder.feature, encoder=outcome.encoder.encoder,
-                model=str(fingerprint.get("model", "")), fingerprint_id=fingerprint_id(fingerprint),
+                # A fitted encoder (TF-IDF) has no model; its weights entry says where they come from.
+                model=str(fingerprint.get("model") or fingerprint.get("weights", "")),
+                fingerprint_id=fingerprint_id(fingerprint),
                 dim=report.dim, rows=report.rows, encoded=report.encoded, seconds=round(report.seconds, 3),
                 measured=outcome.finished if report.encoded else "",
                 load_average=round(outcome.load_average, 2), cpus=os.cpu_count() or 0,

@@ -4,8 +4,9 @@ One `extract` call per encoder, so that an encoder whose weights cannot be loade
 folder) costs only its own attempt, its failure names it, and its report times only its own rows. Any
 failure of one encoder skips it with the message as the reason (the preset's TF-IDF SVD size on a tiny
 vocabulary, a feature set made with another fingerprint and no --force: the reason says what to do), except
-for an encoder the user pointed at a checkpoint with --model: a bad input there stops the study, since the
-user asked for that model by name. Table-wide problems are checked before any encoder runs.
+an input error (a folder that does not exist, a checkpoint of another family) of an encoder the user pointed
+at with --model: that stops the study, since the user asked for that model by name. Table-wide problems are
+checked before any encoder runs.
 """
 
 from __future__ import annotations
