@@ -14,17 +14,21 @@ from __future__ import annotations
 import os
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from feat.console import console
 from feat.errors import FeatError, InputError
 from feat.study.config import StudyConfig
 from feat.study.preset import StudyEncoder
 
+if TYPE_CHECKING:  # the runner imports h5py and the cache: only when extracting
+    from feat.extract.runner import EncoderReport
+
 
 @dataclass
 class Outcome:
     encoder: StudyEncoder
-    report: object | None = None  # feat.extract.runner.EncoderReport; None when skipped
+    report: EncoderReport | None = None  # None when skipped
     reason: str = ""  # why the encoder was skipped ("" when available)
     fingerprint: dict | None = None  # of the stored feature set
     load_average: float = float("nan")  # 1-minute load average when the encoder finished (was the CPU busy?)

@@ -39,34 +39,41 @@ class StudyResult:
 def run_study(config: StudyConfig) -> StudyResult:
     preset = get_preset(config.preset)
     team = lineup(preset, config.encoders, config.models)
-    out = Path(config.out)
     _check_label(config)
-    out.mkdir(parents=True, exist_ok=True)
+    Path(config.out).mkdir(parents=True, exist_ok=True)
     outcomes = extract_all(config, team.encoders)
-    costs = update_costs(out, outcomes, _device(config.device))
+    costs = update_costs(Path(config.out), outcomes, _device(config.device))
     available = {o.encoder.feature for o in outcomes if o.available}
-    skipped = _skipped(team, outcomes)
     if not available:
         raise FeatError("no encoder of the study could be loaded: "
-                        + "; ".join(f"{what}: {why}" for what, _, why in skipped))
+                        + "; ".join(f"{what}: {why}" for what, _, why in _skipped(team, outcomes)))
     summary = _ablate(config, preset, team, available)
+    return _write(config, preset, team, outcomes, [costs[e.feature] for e in team.encoders if e.feature in costs],
+                  summary)
+
+
+def _write(config: StudyConfig, preset: Preset, team: Lineup, outcomes: list[Outcome], costs: list[Cost],
+           summary) -> StudyResult:
+    """configurations.csv, study.png and report.md from the ablation's summary and the extraction outcomes."""
+    from feat.fuse.artifacts import atomic_write, write_csv
+
+    out = Path(config.out)
     results = pd.read_csv(out / ABLATION / "results.csv", dtype={"features": str, "strategy": str, "run": str})
     table = summary.table.copy()
     table.insert(1, "group", [group_of(f, team) for f in table["features"]])
     best = answers.best_per_group(table)
-    missing = answers.missing_reasons(team, available, {o.encoder.feature: o.reason for o in outcomes
-                                                        if not o.available}, skipped_pairs(team.duals, outcomes))
+    skipped = _skipped(team, outcomes)
+    missing = answers.missing_reasons(team, {o.encoder.feature for o in outcomes if o.available},
+                                      {o.encoder.feature: o.reason for o in outcomes if not o.available},
+                                      skipped_pairs(team.duals, outcomes))
     comparison = answers.compare(out / ABLATION, results, best, summary.test_metric)
-    from feat.fuse.artifacts import atomic_write, write_csv
-
     write_csv(out / CONFIGURATIONS, table)
     figure.draw(out / FIGURE, table, summary.test_metric, summary.metric, _title(config).replace("`", ""), missing)
-    cost_list = [costs[e.feature] for e in team.encoders if e.feature in costs]
     text = report.render(report.ReportInput(
-        _title(config), _setup(config, preset, out, results), table, best, missing, comparison, cost_list, skipped,
+        _title(config), _setup(config, preset, out, results), table, best, missing, comparison, costs, skipped,
         summary.metric, summary.test_metric, FIGURE, _command(config)))
     atomic_write(out / REPORT, lambda p: p.write_text(text))
-    return StudyResult(out, out / REPORT, out / FIGURE, table, best, comparison, cost_list, skipped)
+    return StudyResult(out, out / REPORT, out / FIGURE, table, best, comparison, costs, skipped)
 
 
 def _check_label(config: StudyConfig) -> None:
