@@ -20,6 +20,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from feat.console import progress_bar
 from feat.finetune import checkpoint as ckpt
 from feat.finetune.config import FinetuneConfig
 from feat.finetune.data import RowSet, batches, epoch_chunks
@@ -88,31 +89,34 @@ def fit(model, rows: RowSet, cfg: FinetuneConfig, accel: Accelerator, metric: st
         model.train()
         optimizer.zero_grad(set_to_none=True)
         started = time.perf_counter()
-        for b, batch in enumerate(batches(rows, chunks[loop["batch"]:], transforms, num_workers, accel.pin_memory),
-                                  start=loop["batch"]):
-            group_end = min(b - b % cfg.grad_accum + cfg.grad_accum, len(chunks))
-            group_size = group_end - (b - b % cfg.grad_accum)
-            loss = criterion(model(batch).float(), y[batch.positions].to(accel.device))
-            scaler.scale(loss / group_size).backward()
-            loop["loss_sum"] += loss.item() * len(batch.positions)
-            loop["seen"] += len(batch.positions)
-            if b + 1 < group_end:
-                continue
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(params, cfg.clip)
-            scaler.step(optimizer)
-            scaler.update()
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-            loop["step"] += 1
-            loop["batch"] = b + 1
-            loop["train_seconds"] += time.perf_counter() - started
-            started = time.perf_counter()
-            if cfg.max_steps and loop["step"] >= cfg.max_steps:
-                loop["done"], loop["stopped"] = True, f"--max-steps {cfg.max_steps} reached"
-                break
-            if cfg.checkpoint_every and loop["step"] % cfg.checkpoint_every == 0 and b + 1 < len(chunks):
-                save_checkpoint()
+        with progress_bar(f"epoch {epoch}", len(chunks)) as advance:
+            advance(loop["batch"])
+            todo = batches(rows, chunks[loop["batch"]:], transforms, num_workers, accel.pin_memory)
+            for b, batch in enumerate(todo, start=loop["batch"]):
+                group_end = min(b - b % cfg.grad_accum + cfg.grad_accum, len(chunks))
+                group_size = group_end - (b - b % cfg.grad_accum)
+                loss = criterion(model(batch).float(), y[batch.positions].to(accel.device))
+                scaler.scale(loss / group_size).backward()
+                loop["loss_sum"] += loss.item() * len(batch.positions)
+                loop["seen"] += len(batch.positions)
+                advance(1)
+                if b + 1 < group_end:
+                    continue
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_(params, cfg.clip)
+                scaler.step(optimizer)
+                scaler.update()
+                optimizer.zero_grad(set_to_none=True)
+                scheduler.step()
+                loop["step"] += 1
+                loop["batch"] = b + 1
+                loop["train_seconds"] += time.perf_counter() - started
+                started = time.perf_counter()
+                if cfg.max_steps and loop["step"] >= cfg.max_steps:
+                    loop["done"], loop["stopped"] = True, f"--max-steps {cfg.max_steps} reached"
+                    break
+                if cfg.checkpoint_every and loop["step"] % cfg.checkpoint_every == 0 and b + 1 < len(chunks):
+                    save_checkpoint()
 
         from feat.fuse.train import split_metrics
 
