@@ -11,7 +11,6 @@ import argparse
 import contextlib
 import os
 import platform
-import resource
 import shutil
 import statistics
 import subprocess
@@ -248,7 +247,3 @@ def report(title: str, body: str, notes: list[str] = ()) -> None:
     for note in notes:
         print(f"- {note}")
     sys.stdout.flush()
-
-
-def peak_rss_self_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
