@@ -72,7 +72,7 @@ def test_adding_rows_encodes_only_the_new_rows(synthetic, tmp_path):
     frame.iloc[:30].to_csv(data, index=False)
     cache = tmp_path / "c"
     run(data, cache, ["minilm"], allow_outside_root=True)
-    one_shot = run(synthetic, tmp_path / "c_all", ["minilm"])
+    run(synthetic, tmp_path / "c_all", ["minilm"])
     frame.to_csv(data, index=False)
     report = by_name(run(data, cache, ["minilm"], allow_outside_root=True))["minilm"]
     assert (report.encoded, report.reused, report.rows) == (10, 30, 40)
@@ -280,7 +280,7 @@ def test_tfidf_re_encodes_everything_when_train_changes(tmp_path):
     assert (report.encoded, report.reused) == (10, 0)
     fs = FeatureCache(cache).read("tfidf")
     assert "newtrainword" in set(fs.state["vocabulary"])
-    fresh = run(data, tmp_path / "fresh", ["tfidf"])
+    run(data, tmp_path / "fresh", ["tfidf"])
     reference = FeatureCache(tmp_path / "fresh").read("tfidf")
     assert (fs.rows.matrix != reference.rows.matrix).nnz == 0
     assert list(fs.state["vocabulary"]) == list(reference.state["vocabulary"])

@@ -8,7 +8,6 @@ predictions_dev.csv, predictions_test.csv, learning_curve.png, and metrics.json,
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
