@@ -9,17 +9,20 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 
 def select_device(spec: str = "auto") -> str:
     """auto -> cuda:0 when a GPU is visible, else cpu. An explicit cuda request without a GPU is an error."""
+    spec = spec.strip().lower()
+    if spec == "cpu":
+        return "cpu"  # without importing torch: a warm-cache run on the CPU then never loads it
     import torch
 
-    spec = spec.strip().lower()
     if spec == "auto":
         return "cuda:0" if torch.cuda.is_available() else "cpu"
-    if spec == "cpu":
-        return "cpu"
     if spec == "cuda" or spec.startswith("cuda:"):
         if not torch.cuda.is_available():
             raise InputError(f"--device {spec}: no CUDA device is visible on this machine")
-        index = int(spec.split(":")[1]) if ":" in spec else 0
+        index_text = spec.partition(":")[2] or "0"
+        if not index_text.isdigit():
+            raise InputError(f"--device must be auto, cpu, cuda or cuda:N (got '{spec}')")
+        index = int(index_text)
         if index >= torch.cuda.device_count():
             raise InputError(f"--device {spec}: only {torch.cuda.device_count()} CUDA device(s) visible")
         return f"cuda:{index}"
@@ -29,8 +32,6 @@ def select_device(spec: str = "auto") -> str:
 def select_dtype(spec: str, device: str) -> str:
     """auto -> bfloat16 on GPUs that support it, float16 on older GPUs, float32 on CPU (exact, and CPU
     half precision is rarely faster)."""
-    import torch
-
     if spec not in DTYPES:
         raise InputError(f"--dtype must be one of {', '.join(DTYPES)} (got '{spec}')")
     if spec != "auto":
@@ -38,6 +39,8 @@ def select_dtype(spec: str, device: str) -> str:
             raise InputError("--dtype float16 is not supported on CPU; use bfloat16 or float32")
         return spec
     if device.startswith("cuda"):
+        import torch
+
         return "bfloat16" if torch.cuda.is_bf16_supported() else "float16"
     return "float32"
 

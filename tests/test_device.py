@@ -1,0 +1,73 @@
+"""Device and dtype selection with CUDA mocked (no GPU is lent to this project)."""
+
+import pytest
+import torch
+
+from feat.errors import InputError
+from feat.extract.device import select_device, select_dtype
+
+
+@pytest.fixture
+def gpus(monkeypatch):
+    def set_gpus(count: int, bf16: bool = True):
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
+
+    return set_gpus
+
+
+def test_auto_picks_the_gpu_when_there_is_one(gpus):
+    gpus(2)
+    assert select_device("auto") == "cuda:0"
+    assert select_device("cuda:1") == "cuda:1"
+    assert select_device("CPU") == "cpu"
+
+
+def test_auto_falls_back_to_cpu_and_cuda_requests_fail_clearly(gpus):
+    gpus(0)
+    assert select_device("auto") == "cpu"
+    with pytest.raises(InputError, match="no CUDA device"):
+        select_device("cuda")
+
+
+def test_cuda_index_out_of_range_or_malformed(gpus):
+    gpus(1)
+    with pytest.raises(InputError, match="only 1 CUDA device"):
+        select_device("cuda:3")
+    with pytest.raises(InputError, match="cuda:N"):
+        select_device("cuda:x")
+    with pytest.raises(InputError, match="cuda:N"):
+        select_device("tpu")
+
+
+def test_dtype_auto_follows_the_device(gpus):
+    gpus(1, bf16=True)
+    assert select_dtype("auto", "cuda:0") == "bfloat16"
+    gpus(1, bf16=False)
+    assert select_dtype("auto", "cuda:0") == "float16"
+    assert select_dtype("auto", "cpu") == "float32"
+    assert select_dtype("bfloat16", "cpu") == "bfloat16"
+
+
+def test_dtype_refusals():
+    with pytest.raises(InputError, match="not supported on CPU"):
+        select_dtype("float16", "cpu")
+    with pytest.raises(InputError, match="one of"):
+        select_dtype("float64", "cpu")
+
+
+def test_cpu_selection_does_not_need_torch(monkeypatch):
+    """A warm run on --device cpu must not pay torch's import time."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def guarded(name, *args, **kwargs):
+        if name == "torch":
+            raise AssertionError("torch imported for --device cpu")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", guarded)
+    assert select_device("cpu") == "cpu"
+    assert select_dtype("auto", "cpu") == "float32"
