@@ -3,7 +3,7 @@
 For each shape, a feature set of random float32 vectors is written through feat's own cache module
 (`commit_part` + `finalize`, exactly as `feat extract` stores them) and the same matrix with np.save to
 /dev/shm (RAM). Then, interleaved `--rounds` times (files in the page cache after the first read):
-- hdf5: `FeatureCache(dir).read(name).rows.matrix` (what training code calls: matrix, ids, hashes, flags);
+- hdf5: `FeatureCache(dir).read_matrix(name)` (what training code calls: ids, matrix, valid flags);
 - hdf5 X only: h5py `f["X"][()]`, to split the matrix read from the rest of `read()`;
 - npy: `np.load(path)`;
 - proposed layout (simulated, not feat's format today): the same rows in an HDF5 file with a contiguous X
@@ -86,7 +86,7 @@ def main() -> None:
 
             proposed = folder / f"{name}-proposed.h5"
             write_proposed(proposed, matrix)
-            variants = {"hdf5": lambda: cache.read(name).rows.matrix, "hdf5 X only": x_only,
+            variants = {"hdf5": lambda: cache.read_matrix(name).rows.matrix, "hdf5 X only": x_only,
                         "npy": lambda: np.load(npy), "proposed": lambda: read_proposed(proposed)}
             for load in variants.values():  # page cache warm, first-use costs paid
                 assert np.array_equal(load(), matrix)
@@ -98,8 +98,8 @@ def main() -> None:
                          f"{mib / C.median(times['hdf5']):.0f}", f"**{ratio:.2f}**",
                          f"{times.ratio('npy', 'hdf5 X only'):.2f}", C.verdict(ratio >= TARGET),
                          f"{C.median(times['proposed']) * 1e3:.1f}", f"{times.ratio('npy', 'proposed'):.2f}"])
-    headers = ["rows x dim", "MiB", "npy ms", "hdf5 read() ms", "hdf5 X only ms", "hdf5 read() MiB/s",
-               "npy ÷ hdf5 read()", "npy ÷ hdf5 X only", f"≥ {TARGET}", "proposed layout ms (all columns)",
+    headers = ["rows x dim", "MiB", "npy ms", "hdf5 read_matrix() ms", "hdf5 X only ms", "hdf5 read_matrix() MiB/s",
+               "npy ÷ hdf5 read_matrix()", "npy ÷ hdf5 X only", f"≥ {TARGET}", "proposed layout ms (all columns)",
                "npy ÷ proposed"]
     C.report(f"Training input (float32 features, medians of {args.rounds} interleaved rounds, warm page cache; "
              f".npy in {'/dev/shm' if ram else 'the temp folder'})", C.table(headers, rows))

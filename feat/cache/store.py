@@ -284,16 +284,30 @@ class FeatureCache:
                     return json.loads(f.attrs["fingerprint"])
         return None
 
-    def read(self, name: str, rows: bool = True) -> FeatureSet:
+    def _existing_feature_path(self, name: str) -> Path:
         path = self.feature_path(name)
         if not path.exists():
             known = ", ".join(self.feature_names()) or "none"
             raise InputError(f"feature set '{name}' is not in cache {self.root} (it has: {known})")
-        with h5py.File(path, "r") as f:
+        return path
+
+    def read(self, name: str, rows: bool = True) -> FeatureSet:
+        with h5py.File(self._existing_feature_path(name), "r") as f:
             attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
             state = {k: _read_any(v) for k, v in f["state"].items()} if "state" in f else {}
             block = _read_rows(f) if rows else None
         return FeatureSet(name, block, json.loads(attrs["fingerprint"]), attrs, state)
+
+    def read_matrix(self, name: str) -> FeatureSet:
+        """What training needs (ids, matrix, valid flags, fingerprint) in one open, without the per-row hash
+        and reason strings or the fitted state, whose decoding would otherwise cost more than the matrix."""
+        path = self._existing_feature_path(name)
+        with h5py.File(path, "r") as f:
+            attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
+            ids, valid, matrix = _read_str(f["ids"]), f["valid"][()].astype(bool), _read_matrix(f["X"])
+        blank = np.full(len(ids), "", dtype=object)
+        return FeatureSet(name, FeatureRows(ids, blank, valid, blank, matrix), json.loads(attrs["fingerprint"]),
+                          attrs)
 
     def read_flags(self, name: str) -> FeatureRows:
         """The stored rows of a complete feature set without the matrix (cheap on a large cache)."""
@@ -605,26 +619,24 @@ def _write_rows(f: h5py.File, rows: FeatureRows) -> None:
         for key in ("data", "indices", "indptr"):
             group.create_dataset(key, data=getattr(csr, key), track_times=False)
     else:
-        matrix = np.ascontiguousarray(rows.matrix)
-        # ~1 MiB chunks: whole-matrix reads stay fast and a few rows do not pull the full file.
-        rows_per_chunk = max(1, (1 << 20) // max(1, matrix.shape[1] * matrix.itemsize))
-        chunks = (min(len(matrix), rows_per_chunk), matrix.shape[1]) if len(matrix) and matrix.shape[1] else None
-        f.create_dataset("X", data=matrix, chunks=chunks, track_times=False)
+        # Contiguous, not chunked: training reads the whole matrix, which is then one plain read.
+        f.create_dataset("X", data=np.ascontiguousarray(rows.matrix), track_times=False)
 
 
 def _read_rows(f: h5py.File, matrix: bool = True) -> FeatureRows:
     node = f["X"]
     sparse = isinstance(node, h5py.Group)
     width = int(node.attrs["shape"][1] if sparse else node.shape[1])
-    if not matrix:
-        values = None
-    elif sparse:
-        values = sp.csr_matrix((node["data"][:], node["indices"][:], node["indptr"][:]),
-                               shape=tuple(node.attrs["shape"]))
-    else:
-        values = node[()]
+    values = _read_matrix(node) if matrix else None
     return FeatureRows(_read_str(f["ids"]), _read_str(f["content_hash"]), f["valid"][()].astype(bool),
                        _read_str(f["reason"]), values, None if matrix else width)
+
+
+def _read_matrix(node: h5py.Dataset | h5py.Group) -> np.ndarray | sp.csr_matrix:
+    if isinstance(node, h5py.Group):
+        return sp.csr_matrix((node["data"][:], node["indices"][:], node["indptr"][:]),
+                             shape=tuple(node.attrs["shape"]))
+    return node[()]
 
 
 def _frame_digest(frame: pd.DataFrame) -> str:

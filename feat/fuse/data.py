@@ -66,7 +66,7 @@ def load_data(cache_dir, features: list[str], label: str, missing: str = "drop",
         raise InputError(f"label column '{label}' is not in the cache's items (columns: {', '.join(extra) or 'none'})")
     matrices, valid, prints = {}, {}, {}
     for name in dict.fromkeys([*features, *(valid_from or [])]):
-        fs = cache.read(name)
+        fs = cache.read_matrix(name)
         if len(fs.rows.ids) != len(items) or not np.array_equal(fs.rows.ids, items["id"].to_numpy(dtype=object)):
             raise FeatError(f"feature set '{name}' is not aligned with the cache's items; re-run `feat extract`")
         matrix = fs.rows.matrix
