@@ -68,7 +68,8 @@ def _write(config: StudyConfig, preset: Preset, team: Lineup, outcomes: list[Out
                                       skipped_pairs(team.duals, outcomes))
     comparison = answers.compare(out / ABLATION, results, best, summary.test_metric)
     write_csv(out / CONFIGURATIONS, table)
-    figure.draw(out / FIGURE, table, summary.test_metric, summary.metric, _title(config).replace("`", ""), missing)
+    figure.draw(out / FIGURE, table, summary.test_metric, summary.metric,
+                f"{_dataset(config)}, label '{config.label}'", missing)
     text = report.render(report.ReportInput(
         _title(config), _setup(config, preset, out, results), table, best, missing, comparison, costs, skipped,
         summary.metric, summary.test_metric, FIGURE, _command(config)))
@@ -116,10 +117,13 @@ def _ablate(config: StudyConfig, preset: Preset, team: Lineup, available: set[st
                                    workers=config.workers, curves=False))
 
 
-def _title(config: StudyConfig) -> str:
+def _dataset(config: StudyConfig) -> str:
     data = Path(config.data)
-    return f"{data.parent.name}/{data.name} (label `{config.label}`)" if data.is_file() else \
-        f"{data.name} (label `{config.label}`)"
+    return f"{data.parent.name}/{data.name}" if data.is_file() else data.name
+
+
+def _title(config: StudyConfig) -> str:
+    return f"{_dataset(config)} (label `{config.label}`)"
 
 
 def _setup(config: StudyConfig, preset: Preset, out: Path, results: pd.DataFrame) -> list[str]:
