@@ -16,7 +16,7 @@ from feat.fuse.config import HeadConfig, TrainConfig
 from feat.fuse.data import fit_stats, load_data, prepare
 from feat.fuse.metrics import compute_metrics
 from feat.fuse.run import FuseSpec, run_fuse
-from feat.fuse.toy import write_toy_cache
+from feat.fuse.toy import toy_features, write_toy_cache
 from feat.fuse.train import Inputs, class_weights, deterministic, predict, split_metrics, train
 
 FAST = TrainConfig(epochs=6, batch_size=32, lr=3e-3, patience=6)
@@ -160,6 +160,16 @@ def test_unlabelled_rows_dropped_and_unseen_labels_refused(tmp_path):
         load_data(tmp_path / "c1", ["a"], "nope")
     with pytest.raises(InputError, match="not in cache"):
         load_data(tmp_path / "c1", ["zzz"], "label")
+
+
+def test_a_continuous_or_identifier_label_is_refused(tmp_path):
+    cache = write_toy_cache(tmp_path / "c", labels=[f"{0.1 * i:.3f}" for i in range(160)])
+    with pytest.raises(InputError, match="looks continuous or like an identifier"):
+        load_data(cache, ["a"], "label")
+    frame, _ = toy_features(160, 0)
+    rank_in_split = frame.groupby("split").cumcount()
+    many_but_categorical = [f"class{r % 25}" for r in rank_in_split]  # 25 classes, ~4 train rows each: allowed
+    assert len(load_data(write_toy_cache(tmp_path / "c2", labels=many_but_categorical), ["a"], "label").classes) == 25
 
 
 def test_balanced_class_weights():

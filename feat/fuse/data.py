@@ -52,6 +52,10 @@ class FusionData:
         return digest.hexdigest()[:16]
 
 
+# More classes than this is almost surely a numeric or free-text column picked as --label by mistake.
+MAX_CLASSES = 1000
+
+
 def load_data(cache_dir, features: list[str], label: str, missing: str = "drop",
               valid_from: list[str] | None = None, classes: list[str] | None = None) -> FusionData:
     """Read items and feature sets once. `classes` (from a saved run) pins the label order."""
@@ -91,6 +95,11 @@ def load_data(cache_dir, features: list[str], label: str, missing: str = "drop",
     classes = classes or sorted(set(labels[keep & (split == "train")]))
     if len(classes) < 2:
         raise InputError(f"label '{label}' has {len(classes)} distinct value(s) in the train split; need at least 2")
+    n_train = int((keep & (split == "train")).sum())
+    if len(classes) > MAX_CLASSES or (len(classes) > 20 and len(classes) > n_train / 2):
+        raise InputError(f"label '{label}' has {len(classes)} distinct values in {n_train} train rows (e.g. "
+                         f"{', '.join(classes[:3])}): it looks continuous or like an identifier, and feat "
+                         "classifies categorical labels; bin it into classes first")
     known = set(classes)
     unseen = sorted(set(labels[keep]) - known)
     if unseen:
