@@ -22,3 +22,7 @@ class TrainableEncoder(nn.Module):
 
     def collate(self, texts, pixels=None) -> dict:
         return self.encoder[0].collate(texts, pixels)
+
+    @property
+    def modality(self) -> str:
+        return self.encoder[0].modality

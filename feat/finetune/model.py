@@ -55,7 +55,7 @@ class FinetuneModel(nn.Module):
 
     def _live_input(self, i: int, feature: str, batch: Batch, vectors: dict | None) -> torch.Tensor:
         encoder = self.encoders[i]
-        modality = encoder.encoder[0].modality
+        modality = encoder.modality
         valid = torch.from_numpy(self.rows.valid[feature][batch.positions]).to(self.device)
         if "image" in modality:
             require_decoded(feature, self.rows, batch)
