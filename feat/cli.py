@@ -382,6 +382,8 @@ def finetune(
     # a core, measured 9-29 s per MiniLM + EfficientNet step (batch 8) against 2-6 s with sleeping waits on this
     # 2-core machine under load. An explicit OMP_WAIT_POLICY wins.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    from rich.markup import escape
+
     from feat.console import console
     from feat.finetune.config import FinetuneConfig
     from feat.finetune.run import FinetuneSpec, describe, run_finetune
@@ -393,7 +395,7 @@ def finetune(
     results = run_finetune(FinetuneSpec(run, data, out, config, top, cache, image_root, device, num_workers, resume,
                                         curve))
     for result in results:
-        console.print(describe(result), soft_wrap=True)
+        console.print(escape(describe(result)), soft_wrap=True)
 
 
 @app.command()

@@ -257,12 +257,18 @@ def _weights_and_fingerprints(saved, model, modules: dict) -> tuple[dict, dict]:
 
 
 def describe(result: FinetuneResult) -> str:
+    from feat.fuse.metrics import score
+
     m, metric = result.metrics, result.metric
     per_step = f"{m['seconds_per_step']:.2f} s/step" if m.get("seconds_per_step") else "no step"
-    return (f"{result.source.name}: dev {metric} {_fmt(m['initial_dev'][metric])} before any step (= the run's) -> "
+    line = (f"{result.source.name}: dev {metric} {_fmt(m['initial_dev'][metric])} before any step (= the run's) -> "
             f"{_fmt(m['dev'][metric])} (best epoch {m['best_epoch']}), test {metric} {_fmt(m['test'][metric])}, "
             f"test accuracy {_fmt(m['test']['accuracy'])}; {m['steps']} steps, {per_step}; {m['stopped']} -> "
             f"{result.out}")
+    if score(m["dev"], metric) < score(m["initial_dev"], metric):
+        # The output keeps the best fine-tuned epoch; the run it started from is better on dev and stays so.
+        line += f"\nfine-tuning did not beat the run on dev: {result.source} remains the better model"
+    return line
 
 
 def _fmt(value) -> str:
