@@ -126,6 +126,20 @@ def test_the_training_loss_decreases_on_a_learnable_task(tmp_path, tiny_model):
     assert all(torch.equal(v, run_head[k[len("head."):]]) for k, v in head.items()), "lr 0: the head did not move"
 
 
+def test_with_both_rates_zero_training_changes_nothing(tiny, tmp_path):
+    """Train mode, batch norms, dropout, the optimizer and the best-state copy leave a model whose rates are 0
+    exactly as assembled: the final dev metrics are the parity-checked ones."""
+    out = tmp_path / "ft"
+    cli("finetune", tiny.run, "--data", tiny.data, "--out", out, "--epochs", "2", "--lr-encoder", "0", "--lr-head",
+        "0", *[a for a in QUICK if not a.startswith("--lr") and a not in ("1e-3", "3e-3")])
+    metrics = read(out / "metrics.json")
+    assert metrics["dev"]["confusion_matrix"] == metrics["initial_dev"]["confusion_matrix"]
+    assert abs(metrics["dev"]["loss"] - metrics["initial_dev"]["loss"]) < 1e-6
+    before = original_state(tiny, "align")
+    after = encoder_tensors(out, "align")
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
 def test_frozen_vision_stays_the_cached_features(tiny, tmp_path):
     out = tmp_path / "ft"
     cli("finetune", tiny.run, "--data", tiny.data, "--out", out, "--freeze", "vision", "--max-steps", "3", *QUICK)
