@@ -12,8 +12,21 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pytest
+import torch
 
 from helpers import cli
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny models: a second thread only adds synchronisation (10x slower steps on a busy machine).
+    Autouse in every test module that imports it."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
 
 # Registry name -> tiny checkpoint of tests/tiny_models.py; tfidf has none.
 CHECKPOINTS = {"deberta": "deberta", "blip": "blip", "align": "align", "tfidf": None}

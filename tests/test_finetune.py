@@ -17,19 +17,10 @@ from safetensors.torch import load_file
 
 from feat.errors import FeatError, InputError
 from helpers import cli
-from stage3 import QUICK, build_run
+from stage3 import QUICK, build_run, one_thread  # noqa: F401 (autouse fixture)
 
 RUN_FILES = {"config.json", "model.safetensors", "metrics.json", "history.csv", "predictions_dev.csv",
              "predictions_test.csv", "learning_curve.png"}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: a second thread only adds synchronisation (10x slower steps on a busy machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

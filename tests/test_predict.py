@@ -7,20 +7,10 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 
 from feat.cache import FeatureCache
 from helpers import cli
-from stage3 import QUICK, build_run, probabilities
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: a second thread only adds synchronisation."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+from stage3 import QUICK, build_run, one_thread, probabilities  # noqa: F401 (one_thread: autouse fixture)
 
 
 @pytest.fixture(scope="module")
