@@ -404,3 +404,33 @@ def test_gradient_checkpointing_gives_the_same_gradients(name, how, tiny_model, 
     assert grads[0].keys() == grads[1].keys() and len(grads[0]) > 5
     for key in grads[0]:
         torch.testing.assert_close(grads[0][key], grads[1][key], atol=1e-6, rtol=1e-5)
+
+
+# ----- constant columns: float noise is not standardised into signal -------------------------------------------
+def test_a_column_of_float_noise_is_scaled_by_one():
+    """MiniLM on MVSA has a column with values ~1e-8 and std 8e-9 (typical std 0.05)."""
+    from feat.fuse.data import FusionData, constant_columns, fit_stats
+
+    assert constant_columns(np.array([0.05, 0.04, 8e-9, 0.06, 0.0])).tolist() == [False, False, True, False, True]
+    rng = np.random.default_rng(0)
+    matrix = rng.normal(0, 0.05, (40, 4)).astype(np.float32)
+    matrix[:, 2] = rng.normal(0, 8e-9, 40).astype(np.float32)
+    data = FusionData(["x"], np.arange(40).astype(str).astype(object), np.array(["train"] * 40, dtype=object),
+                      np.zeros(40, np.int64), ["a", "b"], {"x": matrix}, {"x": np.ones(40, bool)}, {})
+    scale = fit_stats(data)["x"]["scale"]
+    assert scale[2] == 1.0 and 0.03 < scale[0] < 0.07
+
+
+def test_finetuning_calms_the_noise_columns_of_older_runs():
+    """A run made before `feat fuse` recognised noise columns keeps its exact statistics for the parity check;
+    fine-tuning then scales those columns by 1 and stores the statistics it used."""
+    from feat.finetune.model import FinetuneModel
+
+    class Net(torch.nn.Module):
+        modality = "text"
+
+    stats = {"x": {"mean": np.zeros(4, np.float32), "scale": np.array([0.05, 0.04, 8e-9, 1.0], np.float32)}}
+    model = FinetuneModel(["x"], {"x": Net()}, torch.nn.Linear(4, 2), None, stats, {"x": "float32"}, "drop")
+    assert model.calm_constant_columns() == {"x": 1}
+    assert model.live_stats()["x"]["scale"].tolist() == pytest.approx([0.05, 0.04, 1.0, 1.0])
+    assert model.calm_constant_columns() == {}

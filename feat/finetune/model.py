@@ -53,6 +53,29 @@ class FinetuneModel(nn.Module):
                 xs.append(self._live_input(self.live.index(f), f, batch, vectors))
         return self.head(xs)
 
+    def calm_constant_columns(self) -> dict[str, int]:
+        """Scale 1 for live columns whose train std is float noise (runs made before `feat fuse` recognised
+        them): a fine-tuning step changes such a column by far more than its std, and dividing by that std
+        turned a step into head inputs in the hundreds (MVSA, MiniLM: train loss 0.03 -> 10-100 within ten
+        steps). Done after the parity check, which must use the run's exact statistics."""
+        from feat.fuse.data import constant_columns
+
+        calmed = {}
+        with torch.no_grad():
+            for i, feature in enumerate(self.live if self.standardize else []):
+                scale = getattr(self, f"scale{i}")
+                mask = torch.from_numpy(constant_columns(scale.cpu().numpy())).to(scale.device) & (scale != 1)
+                scale[mask] = 1.0
+                calmed[feature] = int(mask.sum())
+        return {f: n for f, n in calmed.items() if n}
+
+    def live_stats(self) -> dict[str, dict[str, torch.Tensor]]:
+        """The standardisation the live inputs go through now (what a fine-tuned run stores)."""
+        if not self.standardize:
+            return {}
+        return {f: {"mean": getattr(self, f"mean{i}").detach().cpu().clone(),
+                    "scale": getattr(self, f"scale{i}").detach().cpu().clone()} for i, f in enumerate(self.live)}
+
     def _live_input(self, i: int, feature: str, batch: Batch, vectors: dict | None) -> torch.Tensor:
         encoder = self.encoders[i]
         modality = encoder.modality

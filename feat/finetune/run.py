@@ -151,6 +151,10 @@ def finetune_one(spec: FinetuneSpec, source: Path, out: Path) -> FinetuneResult:
             initial, parity = check_parity(built.model, built.rows, saved, metric, cfg.parity_tolerance, eval_batch,
                                            built.transforms, spec.num_workers, accel.pin_memory)
         loop = new_loop(initial, parity, metric)
+        loop["calmed_columns"] = built.model.calm_constant_columns()
+        if loop["calmed_columns"]:
+            console.print(f"constant columns (float noise) scaled by 1 instead of their std from here on: "
+                          f"{loop['calmed_columns']}")
         out.mkdir(parents=True, exist_ok=True)
         (out / art.METRICS).unlink(missing_ok=True)  # the folder is incomplete until metrics.json is back
         console.print(f"parity: dev {metric} {_fmt(initial[metric])} before any step = run's "
@@ -236,6 +240,7 @@ def _write_outputs(spec: FinetuneSpec, saved, built: _Assembled, accel, loop: di
                "best_epoch": result.best_epoch, "steps": result.steps,
                "seconds_per_step": round(result.seconds / result.steps, 4) if result.steps else None,
                "train_seconds": round(result.seconds, 3), "stopped": result.stopped, "parity": loop["parity"],
+               "calmed_columns": loop.get("calmed_columns", {}),
                "source_run": str(saved.path.resolve()), "seed": spec.config.seed}
     art.write_json(out / art.METRICS, metrics)
     return metrics
@@ -247,6 +252,8 @@ def _weights_and_fingerprints(saved, model, modules: dict) -> tuple[dict, dict]:
 
     tensors = {f"{HEAD}{k}": v.detach().to("cpu", copy=True) for k, v in model.head.state_dict().items()}
     tensors.update({k: v for k, v in saved.tensors.items() if k.startswith(f"{STATS}/")})
+    for feature, stats in model.live_stats().items():
+        tensors.update({f"{STATS}/{feature}/{k}": v for k, v in stats.items()})
     fingerprints = dict(saved.config["fingerprints"])
     for feature, module in modules.items():
         state = {k: v.detach().to("cpu", copy=True) for k, v in module.net.state_dict().items()}
