@@ -1,8 +1,9 @@
 """`feat study`: encoders tried one by one (unavailable ones listed with their reason), one ablation, and a
 report answering text-only / image-only / fusion / joint with a paired test, costs and a figure.
 
-The fast tests use tiny local checkpoints (BERT as hf-text, ResNet as hf-vision, ViLT as the joint encoder) on
-60 synthetic items, with the hub made unreachable so that a hub-only encoder is skipped on every machine.
+The fast tests use tiny local checkpoints (DeBERTa and BERT as the text towers, ResNet as hf-vision, ViLT as the
+joint encoder) on 60 synthetic items, with the hub made unreachable so that a hub-only encoder is skipped on
+every machine.
 """
 
 from __future__ import annotations
@@ -38,14 +39,15 @@ def offline(monkeypatch):
 
 @pytest.fixture(scope="module")
 def models(tiny_model):
-    return {"hf-text": str(tiny_model("bert")), "hf-vision": str(tiny_model("resnet")),
-            "vilt": str(tiny_model("vilt"))}
+    return {"deberta": str(tiny_model("deberta")), "hf-text": str(tiny_model("bert")),
+            "hf-vision": str(tiny_model("resnet")), "vilt": str(tiny_model("vilt"))}
 
 
 def config(data, out, models, seeds=2, strategies=("concat", "late_mean"), **kwargs) -> StudyConfig:
-    return StudyConfig(data=data, label="label", out=out, encoders=["deberta", "hf-text", "tfidf", "hf-vision", "vilt"],
-                       models={**models, "deberta": HUB_ONLY}, seeds=seeds, strategies=list(strategies), workers=1,
-                       **kwargs)
+    return StudyConfig(data=data, label="label", out=out,
+                       encoders=["deberta", "hf-text", "tfidf", "clip-image", "hf-vision", "vilt"],
+                       models={**models, "clip-image": HUB_ONLY}, seeds=seeds, strategies=list(strategies),
+                       workers=1, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -67,8 +69,9 @@ def test_report_answers_every_question(study):
     for section in ("## Answers", "## Does the image help?", "## All configurations", "## Extraction cost",
                     "## Skipped encoders", "## Figure"):
         assert section in text
-    assert {g: r["features"] for g, r in result.best.items() if r is not None} == {
-        TEXT_ONLY: "hf-text", IMAGE_ONLY: "hf-vision", FUSION: "hf-text+hf-vision", JOINT_MODEL: "vilt"}
+    best = {g: r["features"] for g, r in result.best.items()}
+    assert best[TEXT_ONLY] in ("deberta", "hf-text") and best[FUSION] in ("deberta+hf-vision", "hf-text+hf-vision")
+    assert (best[IMAGE_ONLY], best[JOINT_MODEL]) == ("hf-vision", "vilt")
     for question in ("best text-only", "best image-only", "best fusion of towers", "best joint encoder"):
         row = next(line for line in text.splitlines() if line.startswith(f"| {question} |"))
         assert "none available" not in row and row.count(" ± ") == 2, row
@@ -88,33 +91,40 @@ def test_groups_keep_the_dev_ranking(study):
 def test_paired_test_is_best_multimodal_against_best_text_only(study):
     result, _ = study
     c, table = result.comparison, result.table.set_index(["features", "strategy"])
-    multimodal = [r for r in (result.best[FUSION], result.best[JOINT_MODEL])]
-    top = min(multimodal, key=lambda r: r["rank"])
-    assert c.multimodal == f"{top['features']} / {top['strategy']}" and c.text_only == "hf-text / single"
+    top = min([result.best[FUSION], result.best[JOINT_MODEL]], key=lambda r: r["rank"])
+    text = result.best[TEXT_ONLY]["features"]
+    other = {"deberta": "hf-text", "hf-text": "deberta"}[text]
+    assert c.multimodal == f"{top['features']} / {top['strategy']}" and c.text_only == f"{text} / single"
+    assert [(o.multimodal, o.text_only) for o in result.other_text] == [(c.multimodal, f"{other} / single")]
     # The observed difference is that of the seed-mean test metrics in the ablation's own summary.
     mean = "test_macro_f1_mean"
-    expected = table.loc[(top["features"], top["strategy"]), mean] - table.loc[("hf-text", "single"), mean]
-    assert c.delta == pytest.approx(expected, abs=1e-9)
-    assert 0 <= c.p_value <= 1 and c.n_test == 9
-    assert f"Δ test macro_f1 = {c.delta:+.3f}" in result.report.read_text()
+    for comparison, baseline in ((c, text), (result.other_text[0], other)):
+        expected = table.loc[(top["features"], top["strategy"]), mean] - table.loc[(baseline, "single"), mean]
+        assert comparison.delta == pytest.approx(expected, abs=1e-9)
+        assert 0 <= comparison.p_value <= 1 and comparison.n_test == 9
+    report = result.report.read_text()
+    assert f"Δ test macro_f1 = {c.delta:+.3f}" in report
+    delta = result.other_text[0].delta
+    assert f"Against the other text-only configurations: {other} / single: Δ {delta:+.3f}" in report
 
 
 def test_unavailable_encoders_are_listed_with_their_reason(study):
     result, _ = study
     skipped = {what: (role, reason) for what, role, reason in result.skipped}
-    assert set(skipped) == {"deberta", "tfidf-svd300"}
-    assert "hub is unreachable" in skipped["deberta"][1] and HUB_ONLY in skipped["deberta"][1]
+    assert set(skipped) == {"clip-image", "tfidf-svd300"}
+    assert "hub is unreachable" in skipped["clip-image"][1] and HUB_ONLY in skipped["clip-image"][1]
     assert "--svd-dim 300 must be below the vocabulary size" in skipped["tfidf-svd300"][1]
     text = result.report.read_text()
     section = text[text.index("## Skipped encoders"):text.index("## Figure")]
-    assert "| deberta | text tower | could not load" in section and "| tfidf-svd300 | text tower | tfidf:" in section
-    assert not any("deberta" in f or "tfidf" in f for f in result.table["features"])
+    assert "| clip-image | image tower | could not load" in section
+    assert "| tfidf-svd300 | text tower | tfidf:" in section
+    assert not any("clip" in f or "tfidf" in f for f in result.table["features"])
 
 
 def test_costs_are_measured_per_encoder(study):
     result, out = study
     costs = {c.feature: c for c in result.costs}
-    assert set(costs) == {"hf-text", "hf-vision", "vilt"}
+    assert set(costs) == {"deberta", "hf-text", "hf-vision", "vilt"}
     for c in costs.values():
         assert c.fresh and c.encoded == 60 and c.rows == 60 and c.seconds > 0
         assert c.per_1000 == pytest.approx(c.seconds / 60 * 1000)
@@ -138,7 +148,7 @@ def test_a_shared_warm_cache_without_measurement_says_so(study, data, models, of
     _, out = study
     fresh = run_study(config(data, tmp_path / "s", models, seeds=1, strategies=["concat"], cache=out / "cache"))
     assert all(c.encoded == 0 and c.per_1000 is None for c in fresh.costs)
-    assert fresh.report.read_text().count("not measured: every row was reused from the cache") == 3
+    assert fresh.report.read_text().count("not measured: every row was reused from the cache") == 4
     assert json.loads((tmp_path / "s" / "costs.json").read_text()) == {}
 
 
@@ -152,6 +162,17 @@ def test_no_joint_encoder_and_no_pair_says_none_available_with_reasons(data, mod
     assert "- best joint encoder: none available: vilt: could not load" in text
     assert "- best fusion of towers: none available: clip-image: could not load" in text
     assert "No paired test: no multimodal configuration to compare." in text
+
+
+def test_close_call_flags_a_dev_win_within_seed_noise():
+    from feat.study.answers import close_call
+
+    table = pd.DataFrame({"group": [TEXT_ONLY, TEXT_ONLY, IMAGE_ONLY], "features": ["a", "b", "c"],
+                          "strategy": ["single"] * 3, "dev_f1_mean": [0.54, 0.535, 0.5],
+                          "dev_f1_std": [0.003, 0.011, 0.0]})
+    assert close_call(table, TEXT_ONLY, "f1").startswith("The text-only choice by dev is within seed noise: a / single")
+    assert close_call(table.assign(dev_f1_std=[0.003, 0.004, 0.0]), TEXT_ONLY, "f1") == ""
+    assert close_call(table, IMAGE_ONLY, "f1") == ""
 
 
 def test_reference_lineup_roles_and_grid():

@@ -71,21 +71,52 @@ def missing_reasons(lineup: Lineup, available: set[str], skipped: dict[str, str]
             JOINT_MODEL: Missing(of(JOINT) + pairs_skipped, "no joint encoder or dual-encoder pair in this study")}
 
 
+def best_multimodal(best: dict[str, pd.Series | None]) -> pd.Series | None:
+    """The better by dev of the best fusion of towers and the best joint model (the table's rank order)."""
+    multimodal = [r for r in (best[FUSION], best[JOINT_MODEL]) if r is not None]
+    return min(multimodal, key=lambda r: r["rank"]) if multimodal else None
+
+
 def compare(ablation: Path, results: pd.DataFrame, best: dict[str, pd.Series | None], metric: str) -> Comparison:
     """Best multimodal (fusion of towers or joint, by dev) against the best text-only, on the test items."""
-    multimodal = [r for r in (best[FUSION], best[JOINT_MODEL]) if r is not None]
-    text = best[TEXT_ONLY]
-    if not multimodal or text is None:
-        missing = "multimodal" if not multimodal else "text-only"
+    top, text = best_multimodal(best), best[TEXT_ONLY]
+    if top is None or text is None:
+        missing = "multimodal" if top is None else "text-only"
         return Comparison("", "", float("nan"), float("nan"), 0, f"no {missing} configuration to compare")
-    # The ranking is by dev (ties by dev loss), the same order the ablation's table has.
-    top = min(multimodal, key=lambda r: r["rank"])
-    ids, y, a, k = _predictions(ablation, results, top)
-    ids_text, _, b, _ = _predictions(ablation, results, text)
-    if not np.array_equal(ids, ids_text):
-        raise FeatError(f"{ablation}: the runs of {name(top)} and {name(text)} were scored on different test items")
-    delta, p = paired_bootstrap(y, a, b, k, metric)
-    return Comparison(name(top), name(text), delta, p, len(y))
+    return _paired(ablation, results, top, text, metric)
+
+
+def compare_other_text(ablation: Path, results: pd.DataFrame, table: pd.DataFrame,
+                       best: dict[str, pd.Series | None], metric: str) -> list[Comparison]:
+    """The best multimodal against every other text-only configuration: which text tower wins dev can be a
+    matter of noise, and the answer to "does the image help?" should not silently hinge on it."""
+    top, text = best_multimodal(best), best[TEXT_ONLY]
+    if top is None or text is None:
+        return []
+    others = table[(table["group"] == TEXT_ONLY) & (table["rank"] != text["rank"])]
+    return [_paired(ablation, results, top, row, metric) for _, row in others.iterrows()]
+
+
+def close_call(table: pd.DataFrame, group: str, metric: str) -> str:
+    """A sentence when a group's best beats its runner-up on dev by less than the larger seed std."""
+    members = table[table["group"] == group]
+    if len(members) < 2:
+        return ""
+    first, second = members.iloc[0], members.iloc[1]
+    mean, std = f"dev_{metric}_mean", f"dev_{metric}_std"
+    if first[mean] - second[mean] >= max(first[std], second[std]):
+        return ""
+    return (f"The {group} choice by dev is within seed noise: {name(first)} {first[mean]:.3f} ± {first[std]:.3f} "
+            f"against {name(second)} {second[mean]:.3f} ± {second[std]:.3f}.")
+
+
+def _paired(ablation: Path, results: pd.DataFrame, a: pd.Series, b: pd.Series, metric: str) -> Comparison:
+    ids, y, preds_a, k = _predictions(ablation, results, a)
+    ids_b, _, preds_b, _ = _predictions(ablation, results, b)
+    if not np.array_equal(ids, ids_b):
+        raise FeatError(f"{ablation}: the runs of {name(a)} and {name(b)} were scored on different test items")
+    delta, p = paired_bootstrap(y, preds_a, preds_b, k, metric)
+    return Comparison(name(a), name(b), delta, p, len(y))
 
 
 def _predictions(ablation: Path, results: pd.DataFrame,

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from feat.study.answers import Comparison, name
+from feat.study.answers import Comparison, close_call, name
 from feat.study.costs import Cost
 from feat.study.grid import GROUPS
 
@@ -25,7 +25,8 @@ class ReportInput:
     table: pd.DataFrame  # the ablation summary ranked by dev, with a `group` column
     best: dict[str, pd.Series | None]  # per group
     missing: dict  # per group: answers.Missing, why it may be empty
-    comparison: Comparison
+    comparison: Comparison  # best multimodal against best text-only
+    other_text: list[Comparison]  # best multimodal against every other text-only configuration
     costs: list[Cost]  # available encoders, extraction order
     skipped: list[tuple[str, str, str]]  # (encoder or pair, role, reason)
     dev_metric: str
@@ -81,13 +82,23 @@ def _image_helps(r: ReportInput) -> str:
     c = r.comparison
     if c.reason:
         return f"## Does the image help?\n\nNo paired test: {c.reason}."
-    verdict = ("significant at the 5% level: the image " + ("helps" if c.delta > 0 else "hurts")
-               if c.p_value < 0.05 else "not significant at the 5% level")
-    return (f"## Does the image help?\n\nBest multimodal configuration by dev, **{c.multimodal}**, against the "
-            f"best text-only, **{c.text_only}**: Δ test {r.test_metric} = {c.delta:+.3f}, p = {_p(c.p_value)} "
-            f"({verdict}). Paired bootstrap (feat.fuse.stats.paired_bootstrap): 2,000 resamples of the "
-            f"{c.n_test} test items, the same items for both, each configuration's predictions averaged over "
-            "its seeds; two-sided p.")
+    lines = [f"## Does the image help?\n\nBest multimodal configuration by dev, **{c.multimodal}**, against the "
+             f"best text-only, **{c.text_only}**: Δ test {r.test_metric} = {c.delta:+.3f}, p = {_p(c.p_value)} "
+             f"({_verdict(c)}). Paired bootstrap (feat.fuse.stats.paired_bootstrap): 2,000 resamples of the "
+             f"{c.n_test} test items, the same items for both, each configuration's predictions averaged over "
+             "its seeds; two-sided p."]
+    close = close_call(r.table, "text-only", r.dev_metric)
+    if r.other_text:
+        others = "; ".join(f"{o.text_only}: Δ {o.delta:+.3f}, p = {_p(o.p_value)} ({_verdict(o)})"
+                           for o in r.other_text)
+        lines.append(f"{close + ' ' if close else ''}Against the other text-only configurations: {others}.")
+    return "\n\n".join(lines)
+
+
+def _verdict(c: Comparison) -> str:
+    if c.p_value >= 0.05:
+        return "not significant at the 5% level"
+    return "significant at the 5% level: the image " + ("helps" if c.delta > 0 else "hurts")
 
 
 def _configurations(r: ReportInput) -> str:

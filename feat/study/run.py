@@ -32,6 +32,7 @@ class StudyResult:
     table: pd.DataFrame  # every configuration ranked by dev, with its group
     best: dict[str, pd.Series | None]  # per group
     comparison: answers.Comparison  # best multimodal vs best text-only
+    other_text: list[answers.Comparison]  # best multimodal vs every other text-only configuration
     costs: list[Cost]  # available encoders
     skipped: list[tuple[str, str, str]]  # (encoder or pair, role, reason)
 
@@ -67,14 +68,16 @@ def _write(config: StudyConfig, preset: Preset, team: Lineup, outcomes: list[Out
                                       {o.encoder.feature: o.reason for o in outcomes if not o.available},
                                       skipped_pairs(team.duals, outcomes))
     comparison = answers.compare(out / ABLATION, results, best, summary.test_metric)
+    other_text = answers.compare_other_text(out / ABLATION, results, table, best, summary.test_metric)
     write_csv(out / CONFIGURATIONS, table)
     figure.draw(out / FIGURE, table, summary.test_metric, summary.metric,
                 f"{_dataset(config)}, label '{config.label}'", missing)
     text = report.render(report.ReportInput(
-        _title(config), _setup(config, preset, out, results), table, best, missing, comparison, costs, skipped,
+        _title(config), _setup(config, preset, out, results), table, best, missing, comparison, other_text, costs,
+        skipped,
         summary.metric, summary.test_metric, FIGURE, _command(config)))
     atomic_write(out / REPORT, lambda p: p.write_text(text))
-    return StudyResult(out, out / REPORT, out / FIGURE, table, best, comparison, costs, skipped)
+    return StudyResult(out, out / REPORT, out / FIGURE, table, best, comparison, other_text, costs, skipped)
 
 
 def _check_label(config: StudyConfig) -> None:
