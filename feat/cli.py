@@ -378,9 +378,10 @@ def finetune(
     """Fine-tune a run's encoders end to end from its trained head; parity with the run is checked first."""
     import os
 
-    # Before torch starts its OpenMP threads: spinning workers wait for each other whenever another process takes
-    # a core, measured 9-29 s per MiniLM + EfficientNet step (batch 8) against 2-6 s with sleeping waits on this
-    # 2-core machine under load. An explicit OMP_WAIT_POLICY wins.
+    # Before torch starts its OpenMP threads. Spinning workers wait for each other whenever another process takes
+    # a core: a MiniLM + EfficientNet step (batch 8, 2 cores) took 9-29 s with spinning waits against 2-6 s with
+    # sleeping ones while other jobs loaded the machine; idle, sleeping waits cost ~35% (0.85 -> 1.15 s). The
+    # 10x pathology is the worse risk; OMP_WAIT_POLICY=ACTIVE in the environment restores spinning.
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from rich.markup import escape
 
