@@ -6,9 +6,9 @@ vectors (`--real` for real ones: 10,000 EfficientNet passes take most of an hour
 run never looks at stored vectors, only at ids, content hashes and fingerprints, which that first run
 computes exactly as usual. Then, interleaved `--rounds` times, the same extraction again with the real
 encoder classes:
-- as a child process `feat extract DATA -e minilm -e effnet --cache C` (Python start and imports included);
-- in this process, `extract()` (imports already done);
-- as a child process with device selection patched not to import torch (the proposed fix, simulated).
+- as a child process `feat extract DATA -e minilm -e effnet --cache C` (Python start and imports included),
+  with the default `--device auto` and with `--device cpu`;
+- in this process, `extract()` (imports already done).
 Each run must report 0 forward passes for both encoders. `--profile` prints where the in-process warm run
 spends its time.  Run: python benchmarks/warm_cache.py [--rows 10000] [--rounds 3] [--profile]
 """
@@ -64,18 +64,6 @@ def stand_ins(real: bool):
                 setattr(cls, key, method)
 
 
-# The proposed fix for the child-process warm run, simulated: device and dtype chosen without importing torch
-# (feat.extract.device imports torch even for --device cpu, and nothing else on the warm path needs it).
-NO_TORCH_DEVICE = """
-import sys, feat.extract.device as d
-d.select_device = lambda spec="auto": "cpu"
-d.select_dtype = lambda spec, device: "float32"
-from feat.cli import app
-sys.argv[0] = "feat"
-app()
-"""
-
-
 def main() -> None:
     p = C.parser(__doc__.splitlines()[0], rows=10_000, rounds=3)
     p.add_argument("--real", action="store_true", help="build the cache with real forward passes (slow)")
@@ -91,11 +79,11 @@ def main() -> None:
         print(f"data made in {made:.1f} s; first (cold) extraction {cold:.1f} s: "
               + "; ".join(f"{e.name} {e.encoded} encoded in {e.seconds:.1f} s" for e in report.encoders),
               file=sys.stderr)
-        cli_args = ["extract", data, *sum((["-e", e] for e in ENCODERS), []), "--cache", cache, "--device", "cpu"]
-        forward_passes = {"subprocess": [], "in-process": [], "subprocess, no torch": []}
+        cli_args = ["extract", data, *sum((["-e", e] for e in ENCODERS), []), "--cache", cache]
+        forward_passes = {"subprocess": [], "subprocess, cpu": [], "in-process": []}
 
-        def child(how="subprocess", command=None):
-            seconds, done = C.run_feat(cli_args, command=command)
+        def child(how="subprocess", extra=()):
+            seconds, done = C.run_feat([*cli_args, *extra])
             out = done.stdout + done.stderr
             lines = [line for line in out.splitlines() if line.split(":")[0] in ENCODERS]
             reused = sum("no forward pass" in line for line in lines)
@@ -107,15 +95,15 @@ def main() -> None:
             return warm
 
         times, results = C.interleave(
-            {"subprocess": child, "in-process": in_process,
-             "subprocess, no torch": lambda: child("subprocess, no torch", [sys.executable, "-c", NO_TORCH_DEVICE])},
+            {"subprocess": child, "subprocess, cpu": lambda: child("subprocess, cpu", ["--device", "cpu"]),
+             "in-process": in_process},
             args.rounds)
         imports, _ = C.child_peak_rss_mib([sys.executable, "-c", "import torch"])
         encoders = results["in-process"].encoders
         rows = []
-        labels = {"subprocess": "`feat extract` (child process)", "in-process": "`extract()` (in process)",
-                  "subprocess, no torch": "`feat extract` (child process), device chosen without importing torch "
-                                          "(proposed fix, simulated)"}
+        labels = {"subprocess": "`feat extract` (child process, default `--device auto`)",
+                  "subprocess, cpu": "`feat extract --device cpu` (child process)",
+                  "in-process": "`extract()` (in process)"}
         for how, label in labels.items():
             ok = all(n == 0 for n in forward_passes[how])
             rows.append([label, args.rows, ", ".join(map(str, forward_passes[how])),

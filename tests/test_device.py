@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+import feat.extract.device as device
 from feat.errors import InputError
 from feat.extract.device import select_device, select_dtype
 
@@ -10,6 +11,7 @@ from feat.extract.device import select_device, select_dtype
 @pytest.fixture
 def gpus(monkeypatch):
     def set_gpus(count: int, bf16: bool = True):
+        monkeypatch.setattr(device, "gpu_driver_present", lambda: True)  # this machine has no GPU nodes
         monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
         monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
         monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
@@ -71,3 +73,20 @@ def test_cpu_selection_does_not_need_torch(monkeypatch):
     monkeypatch.setattr(builtins, "__import__", guarded)
     assert select_device("cpu") == "cpu"
     assert select_dtype("auto", "cpu") == "float32"
+    monkeypatch.setattr(device, "gpu_driver_present", lambda: False)
+    assert select_device("auto") == "cpu"  # no GPU device node: torch could not see a GPU either
+
+
+def test_gpu_driver_is_found_by_its_device_nodes(monkeypatch):
+    present = set()
+    monkeypatch.setattr(device.os.path, "exists", lambda path: path in present)
+    assert not device.gpu_driver_present()
+    for node in ("/dev/nvidiactl", "/dev/kfd", "/dev/dxg"):  # NVIDIA, AMD ROCm, WSL2
+        present.clear()
+        present.add(node)
+        assert device.gpu_driver_present(), node
+
+
+def test_auto_asks_torch_when_a_driver_is_present_but_no_gpu_is_visible(gpus):
+    gpus(0)  # e.g. CUDA_VISIBLE_DEVICES="" on a GPU node
+    assert select_device("auto") == "cpu"

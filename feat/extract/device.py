@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import os
+
 from feat.errors import InputError
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+# Device nodes without which torch cannot see a GPU through torch.cuda: NVIDIA (desktop, server, Jetson),
+# AMD ROCm (torch reports it as cuda too) and WSL2. When none exists, `auto` is cpu without importing torch,
+# whose ~1-2 s import would otherwise be most of a warm-cache run.
+GPU_NODES = ("/dev/nvidiactl", "/dev/nvidia0", "/proc/driver/nvidia", "/dev/nvhost-ctrl", "/dev/nvmap",
+             "/dev/kfd", "/dev/dxg")
+
+
+def gpu_driver_present() -> bool:
+    return any(os.path.exists(node) for node in GPU_NODES)
 
 
 def select_device(spec: str = "auto") -> str:
     """auto -> cuda:0 when a GPU is visible, else cpu. An explicit cuda request without a GPU is an error."""
     spec = spec.strip().lower()
-    if spec == "cpu":
+    if spec == "cpu" or (spec == "auto" and not gpu_driver_present()):
         return "cpu"  # without importing torch: a warm-cache run on the CPU then never loads it
     import torch
 
