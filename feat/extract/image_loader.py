@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Callable, Iterator
 
+import numpy as np
+
 
 class _ImageRows:
     """Dataset over image paths; a row that cannot be decoded yields its reason instead of pixels."""
@@ -39,7 +41,10 @@ def _collate(samples):
 
     positions = [s[0] for s in samples]
     good = [s[1] for s in samples if s[1] is not None]
-    pixels = torch.stack(good) if good else None
+    # One single-threaded numpy copy instead of torch.stack, an OpenMP-parallel copy: with another process on a
+    # core, its barrier waited for a descheduled thread (272 ms median for a 19 MB batch whose minimum is
+    # 1.6 ms). Idle, numpy costs ~0.7 ms more per batch of 32, against ~200 ms of EfficientNet forward.
+    pixels = torch.from_numpy(np.stack([t.numpy() for t in good])) if good else None
     return positions, pixels, [s[2] for s in samples]
 
 
