@@ -65,6 +65,8 @@ def extract(
     store_dtype: Annotated[str, typer.Option(help="Stored vectors: float32 | float16.")] = "float32",
     batch_size: Annotated[int, typer.Option(help="Items per forward pass.")] = 32,
     num_workers: Annotated[int, typer.Option(help="Image decoding worker processes.")] = 0,
+    threads: Annotated[int, typer.Option(help="Torch threads for forward passes (0: one per core). Use fewer "
+                                              "when processes share the machine, e.g. 1 per shard.")] = 0,
     on_bad_image: Annotated[str, typer.Option(help="fail | skip (row invalid) | zero (zero vector, row valid); "
                                                    "bad rows are always listed in bad_rows.csv.")] = "skip",
     force: Annotated[bool, typer.Option(help="Re-encode a feature set whose fingerprint changed.")] = False,
@@ -92,8 +94,8 @@ def extract(
         image_root=image_root, allow_outside_root=allow_outside_root,
         options=EncoderOptions(model=model, pooling=pooling, max_length=max_length, svd_dim=svd_dim),
         name=name, device=device, dtype=dtype, store_dtype=store_dtype, batch_size=batch_size,
-        num_workers=num_workers, on_bad_image=on_bad_image, force=force, commit_every=commit_every,
-        lock_timeout=wait, shard=Shard.parse(shard) if shard else None, backend=backend, ray_address=ray_address,
+        num_workers=num_workers, threads=threads, on_bad_image=on_bad_image, force=force,
+        commit_every=commit_every, lock_timeout=wait, shard=Shard.parse(shard) if shard else None, backend=backend, ray_address=ray_address,
         ray_actors=ray_actors))
     from rich.markup import escape
 

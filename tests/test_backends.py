@@ -37,3 +37,32 @@ def test_prepared_encoders_stay_on_the_local_backend(tmp_path, monkeypatch):
     with pytest.raises(InputError, match="local backend only"):
         extract(config, prepared={"probe-text": create_encoder("probe-text")})
     assert not (tmp_path / "c").exists()
+
+
+def test_threads_apply_to_the_forward_passes_and_are_restored(tmp_path, monkeypatch):
+    import torch
+
+    from helpers import ProbeTextEncoder
+
+    register_test_encoders(monkeypatch)
+    seen = []
+    encode = ProbeTextEncoder.encode_texts
+    monkeypatch.setattr(ProbeTextEncoder, "encode_texts",
+                        lambda self, texts: seen.append(torch.get_num_threads()) or encode(self, texts))
+    before = torch.get_num_threads()
+    wanted = 1 if before != 1 else 2
+    data = text_table(tmp_path / "d.csv", 9)
+    extract(ExtractConfig(data=data, cache=tmp_path / "c", encoders=["probe-text"], batch_size=4, threads=wanted))
+    assert seen and set(seen) == {wanted}
+    assert torch.get_num_threads() == before
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--threads", "-1"], "--threads must not be negative"),
+    (["--threads", "1", "--backend", "ray"], "--threads applies to --backend local"),
+])
+def test_threads_refusals(tmp_path, monkeypatch, args, message):
+    register_test_encoders(monkeypatch)
+    data = text_table(tmp_path / "d.csv", 5)
+    result = cli("extract", data, "-e", "probe-text", "-c", tmp_path / "c", *args, expect=2)
+    assert message in result.output and not (tmp_path / "c").exists()
