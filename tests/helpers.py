@@ -52,6 +52,19 @@ def register_test_encoders(monkeypatch) -> None:
         monkeypatch.setitem(registry.ENCODERS, name, target)
 
 
+def mock_cuda(monkeypatch, count: int, bf16: bool = True) -> None:
+    """Make torch see `count` CUDA devices (no GPU is lent to this project), on a machine that also looks
+    as if it had a GPU driver, since device selection checks for one before asking torch."""
+    import torch
+
+    import feat.extract.device as device
+
+    monkeypatch.setattr(device, "gpu_driver_present", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
+
+
 def files_under(folder: Path) -> list[str]:
     return sorted(str(p.relative_to(folder)) for p in folder.rglob("*")) if folder.exists() else []
 

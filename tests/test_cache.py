@@ -491,8 +491,44 @@ def test_parts_are_ordered_by_number_not_by_name(tmp_path):
     assert new.name == "part-1000000.h5"
     rows = fs.committed("x", fingerprint)
     assert list(rows.content_hash) == ["h2.0"] and rows.matrix.tolist() == [[2.0, 2.0]]
-    final = fs.finalize("x", ["a"], ["h2.0"], fingerprint, {}, "x")
-    assert final.rows.matrix.tolist() == [[2.0, 2.0]] and not fs.parts_dir("x").exists()
+    fs.finalize("x", ["a"], ["h2.0"], fingerprint, {}, "x")
+    assert fs.read("x").rows.matrix.tolist() == [[2.0, 2.0]] and not fs.parts_dir("x").exists()
+
+
+@pytest.mark.parametrize("block_bytes", [1, 3 * 4 * 3, 32 * 2**20])  # 1 row, 3 rows, everything at once
+def test_merge_copies_block_by_block_to_the_right_rows(tmp_path, monkeypatch, block_bytes):
+    """A complete file, parts that re-commit some ids with new content, a table in another order: each id
+    gets the vector of its newest commit of the wanted content, whatever the copy's block size."""
+    import feat.cache.store as store
+    from feat.cache import FeatureRows
+
+    monkeypatch.setattr(store, "COPY_BLOCK_BYTES", block_bytes)
+    fs = FeatureCache(tmp_path)
+    fingerprint = {"encoder": "x"}
+    rng = np.random.default_rng(0)
+
+    def rows(items, version):
+        ids = np.array(items, dtype=object)
+        vectors = np.array([[int(i[1:]), version, rng.random()] for i in items], dtype=np.float32)
+        return FeatureRows(ids, np.array([f"{i}v{version}" for i in items], dtype=object),
+                           np.ones(len(ids), dtype=bool), np.full(len(ids), "", dtype=object), vectors)
+
+    everything = [f"r{i}" for i in range(40)]
+    first = rows(everything, 1)
+    fs.commit_part("x", first, fingerprint)
+    fs.finalize("x", everything, list(first.content_hash), fingerprint, {}, "x")  # the complete file
+    newer = [rows(list(rng.permutation(everything)[:15]), 2), rows(list(rng.permutation(everything)[:10]), 3)]
+    for block in newer:
+        fs.commit_part("x", block, fingerprint)
+    newest = {item: (1, v) for item, v in zip(first.ids, first.matrix)}
+    for version, block in zip((2, 3), newer):
+        newest.update({item: (version, v) for item, v in zip(block.ids, block.matrix)})
+    table = list(rng.permutation(everything)[:33])  # 7 rows left the table; the rest in a new order
+    fs.finalize("x", table, [f"{i}v{newest[i][0]}" for i in table], fingerprint, {}, "x")
+    stored = fs.read("x").rows
+    assert list(stored.ids) == table and not fs.parts_dir("x").exists()
+    assert np.array_equal(stored.matrix, np.stack([newest[i][1] for i in table]))
+    assert list(stored.content_hash) == [f"{i}v{newest[i][0]}" for i in table]
 
 
 def test_cache_path_that_is_a_file(tmp_path, tiny):

@@ -1,22 +1,16 @@
 """Device and dtype selection with CUDA mocked (no GPU is lent to this project)."""
 
 import pytest
-import torch
 
 import feat.extract.device as device
 from feat.errors import InputError
 from feat.extract.device import select_device, select_dtype
+from helpers import mock_cuda
 
 
 @pytest.fixture
 def gpus(monkeypatch):
-    def set_gpus(count: int, bf16: bool = True):
-        monkeypatch.setattr(device, "gpu_driver_present", lambda: True)  # this machine has no GPU nodes
-        monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
-        monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
-        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
-
-    return set_gpus
+    return lambda count, bf16=True: mock_cuda(monkeypatch, count, bf16)
 
 
 def test_auto_picks_the_gpu_when_there_is_one(gpus):

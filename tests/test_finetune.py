@@ -16,7 +16,7 @@ import torch
 from safetensors.torch import load_file
 
 from feat.errors import FeatError, InputError
-from helpers import cli
+from helpers import cli, mock_cuda
 from stage3 import QUICK, build_run, one_thread  # noqa: F401 (autouse fixture)
 
 RUN_FILES = {"config.json", "model.safetensors", "metrics.json", "history.csv", "predictions_dev.csv",
@@ -347,9 +347,7 @@ def test_encoders_without_a_network_say_so():
 def test_cuda_selects_bf16_or_fp16_with_loss_scaling(monkeypatch, bf16, amp, expected, scaling):
     from feat.finetune.device import select_accelerator
 
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
+    mock_cuda(monkeypatch, 2, bf16)
     accel = select_accelerator("auto", amp)
     assert (accel.device, accel.amp_dtype, accel.loss_scaling, accel.pin_memory) == ("cuda:0", expected, scaling, True)
     assert select_accelerator("cuda:1", amp).device == "cuda:1"

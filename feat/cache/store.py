@@ -134,6 +134,22 @@ class FeatureSet:
     state: dict[str, np.ndarray] = field(default_factory=dict)
 
 
+@dataclass
+class _Source:
+    """One file (the complete one or a part) holding committed rows, and which of them are chosen."""
+
+    path: Path
+    meta: FeatureRows  # its ids, hashes and flags, without the matrix
+    sparse: bool
+    dtype: np.dtype
+    index: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))  # chosen rows, increasing
+
+    def read(self) -> np.ndarray | sp.csr_matrix:
+        """The chosen rows' vectors (whole file read: fine for a part or a sparse matrix)."""
+        with h5py.File(self.path, "r") as f:
+            return _read_matrix(f["X"])[self.index]
+
+
 class FeatureCache:
     """A cache folder. Writers hold `lock()`; readers need no lock because files are replaced atomically.
     With `shard`, this object locks, names parts and cleans up as that shard of a sharded extraction."""
@@ -364,62 +380,86 @@ class FeatureCache:
         """The rows stored for `name` under `fingerprint`, one per id: the complete file, then the parts over
         it (a later commit is newer). `want` (id -> content hash) keeps only the rows of those ids made from
         that content; `matrix=False` reads only ids, hashes and flags (what deciding the work to do needs)."""
+        chosen = self._chosen_rows(name, fingerprint, want)
+        if chosen is None:
+            return None
+        blocks = []
+        for source in chosen:
+            block = source.meta.take(source.index)
+            if matrix:
+                block.matrix, block.width = source.read(), None
+            blocks.append(block)
+        return FeatureRows.concat([b for b in blocks if len(b)] or blocks[:1])
+
+    def _chosen_rows(self, name: str, fingerprint: dict, want: dict[str, str] | None) -> list[_Source] | None:
+        """Which row of which file holds each id's newest commit under `fingerprint` (and, with `want`, made
+        from that content): decided on the bookkeeping alone, so rows that lost are never read. They may not
+        even stack: a TF-IDF row from an older fit has another width."""
         sources = []
         for path in [self.feature_path(name), *self._part_files(name)]:
             if path.exists():
                 with h5py.File(path, "r") as f:
                     if json.loads(f.attrs["fingerprint"]) == fingerprint:
-                        sources.append((path, _read_rows(f, matrix=False)))
+                        node = f["X"]
+                        sparse = isinstance(node, h5py.Group)
+                        sources.append(_Source(path, _read_rows(f, matrix=False), sparse,
+                                               node["data"].dtype if sparse else node.dtype))
         if not sources:
             return None
-        # Decided on the bookkeeping first: rows that lost to a newer commit, or that `want` rules out, are
-        # never read. They may not even stack: a TF-IDF row from an older fit has another width.
         latest: dict[str, tuple[int, int]] = {}
-        for s, (_, meta) in enumerate(sources):
-            latest.update(zip(meta.ids.tolist(), ((s, r) for r in range(len(meta)))))
+        for s, source in enumerate(sources):
+            latest.update(zip(source.meta.ids.tolist(), ((s, r) for r in range(len(source.meta)))))
         if want is not None:
             latest = {item: (s, r) for item, (s, r) in latest.items()
-                      if want.get(item, None) == sources[s][1].content_hash[r]}
-        chosen: list[list[int]] = [[] for _ in sources]
+                      if want.get(item, None) == sources[s].meta.content_hash[r]}
+        rows: list[list[int]] = [[] for _ in sources]
         for s, r in latest.values():
-            chosen[s].append(r)
-        blocks = []
-        for (path, meta), rows in zip(sources, chosen):
-            index = np.array(sorted(rows), dtype=np.int64)
-            block = meta.take(index)
-            if matrix:
-                with h5py.File(path, "r") as f:
-                    block.matrix = _read_rows(f).matrix[index]
-                block.width = None
-            blocks.append(block)
-        if matrix and len({b.dim for b in blocks if len(b)}) > 1:
+            rows[s].append(r)
+        for source, index in zip(sources, rows):
+            source.index = np.array(sorted(index), dtype=np.int64)
+        widths = {source.meta.dim for source in sources if len(source.index)}
+        if len(widths) > 1:
             raise FeatError(f"feature set '{name}': committed rows of different widths under one fingerprint "
-                            f"({sorted({b.dim for b in blocks})}); re-encode it with --force")
-        return FeatureRows.concat([b for b in blocks if len(b)] or blocks[:1])
+                            f"({sorted(widths)}); re-encode it with --force")
+        return sources
 
     def finalize(self, name: str, ids: list[str], hashes: list[str], fingerprint: dict,
                  state: dict[str, np.ndarray], encoder: str) -> FeatureSet:
         """Merge the committed rows of exactly this content (`ids` with their `hashes`) into
-        features/<name>.h5 in the order of `ids`, then drop the parts and shard manifests."""
+        features/<name>.h5 in the order of `ids`, then drop the parts and shard manifests. A dense matrix is
+        copied file by file in blocks, never held whole, so the merge needs one block of memory beyond the
+        ids and flags (it held 2-3 copies of the matrix before); the returned rows carry no matrix."""
         if self.shard:
             raise FeatError(f"shard {self.shard.label} must not finalize '{name}': other shards may still commit; "
                             "`feat merge` joins the parts")
-        rows = self.committed(name, fingerprint, want=dict(zip(ids, hashes)))
-        if rows is None:
+        sources = self._chosen_rows(name, fingerprint, want=dict(zip(ids, hashes)))
+        if sources is None:
             raise FeatError(f"nothing committed for feature set '{name}'")
-        position = {item: i for i, item in enumerate(rows.ids)}
+        found = FeatureRows.concat([source.meta.take(source.index) for source in sources])
+        position = {item: i for i, item in enumerate(found.ids)}
         missing = [item for item in ids if item not in position]
         if missing:
             raise FeatError(f"feature set '{name}': {len(missing)} row(s) were never encoded, e.g. {missing[:3]}")
-        aligned = rows.take(np.array([position[item] for item in ids], dtype=np.int64))
+        target = np.empty(len(found), dtype=np.int64)  # found row (sources in order) -> its row in the output
+        target[np.array([position[item] for item in ids], dtype=np.int64)] = np.arange(len(ids))
+        order = np.argsort(target)
+        aligned = found.take(order)
+        live = [source for source in sources if len(source.index)]
+        sparse = any(source.sparse for source in live)
+        if sparse:  # TF-IDF: CSR cannot be written row by row in place, and it is small
+            aligned.matrix = sp.csr_matrix(sp.vstack([source.read() for source in live]))[order]
+        dtype = aligned.matrix.dtype if sparse else (live[0].dtype if live else np.dtype(np.float32))
         attrs = {"schema": SCHEMA, "name": name, "encoder": encoder,
                  "fingerprint": json.dumps(fingerprint, sort_keys=True),
                  "fingerprint_id": fingerprint_id(fingerprint), "dim": aligned.dim,
-                 "format": "csr" if sp.issparse(aligned.matrix) else "dense",
-                 "dtype": str(aligned.matrix.dtype), "n_rows": len(aligned), "n_valid": int(aligned.valid.sum()),
-                 "created": _now(), "feat_version": __version__, "ids_sha256": ids_digest(aligned.ids)}
+                 "format": "csr" if sparse else "dense", "dtype": str(dtype), "n_rows": len(aligned),
+                 "n_valid": int(aligned.valid.sum()), "created": _now(), "feat_version": __version__,
+                 "ids_sha256": ids_digest(aligned.ids)}
         with _atomic_h5(self.feature_path(name)) as f:
             _write_rows(f, aligned)
+            if not sparse:
+                out = f.create_dataset("X", shape=(len(aligned), aligned.dim), dtype=dtype, track_times=False)
+                _copy_rows(sources, target, out)
             if state:
                 group = f.create_group("state")
                 for key, value in state.items():
@@ -430,6 +470,7 @@ class FeatureCache:
             part.unlink()
         with contextlib.suppress(OSError):
             self.parts_dir(name).rmdir()
+        aligned.width, aligned.matrix = aligned.dim, None
         return FeatureSet(name, aligned, fingerprint, attrs, state)
 
     # ----- shard manifests ---------------------------------------------------------------------------
@@ -617,6 +658,8 @@ def _write_rows(f: h5py.File, rows: FeatureRows) -> None:
     _write_str(f, "content_hash", rows.content_hash)
     f.create_dataset("valid", data=np.asarray(rows.valid, dtype=bool), track_times=False)
     _write_str(f, "reason", rows.reason)
+    if rows.matrix is None:
+        return  # the caller writes X (finalize copies a dense matrix block by block)
     if sp.issparse(rows.matrix):
         csr = sp.csr_matrix(rows.matrix)
         group = f.create_group("X")
@@ -626,6 +669,35 @@ def _write_rows(f: h5py.File, rows: FeatureRows) -> None:
     else:
         # Contiguous, not chunked: training reads the whole matrix, which is then one plain read.
         f.create_dataset("X", data=np.ascontiguousarray(rows.matrix), track_times=False)
+
+
+COPY_BLOCK_BYTES = 32 * 2**20  # vectors a merge holds at once, per source file
+
+
+def _copy_rows(sources: list[_Source], target: np.ndarray, out: h5py.Dataset) -> None:
+    """Write each source's chosen rows (in source order, each in increasing row order, as `target` maps them)
+    to their output rows, a block of rows at a time."""
+    done = 0
+    for source in sources:
+        index, goes_to = source.index, target[done:done + len(source.index)]
+        done += len(index)
+        if not len(index):
+            continue
+        with h5py.File(source.path, "r") as f:
+            x = f["X"]
+            step = max(1, COPY_BLOCK_BYTES // max(1, x.shape[1] * x.dtype.itemsize))
+            for start in range(0, len(index), step):
+                rows, dest = index[start:start + step], goes_to[start:start + step]
+                first, last = int(rows[0]), int(rows[-1]) + 1
+                # One slice read when the chosen rows are dense in it (a part, the complete file in order),
+                # else a point selection (h5py wants increasing indices, which `rows` are)
+                block = x[first:last][rows - first] if last - first <= 2 * len(rows) else x[rows]
+                arrange = np.argsort(dest)
+                dest, block = dest[arrange], block[arrange]
+                if int(dest[-1]) - int(dest[0]) + 1 == len(dest):
+                    out[int(dest[0]):int(dest[-1]) + 1] = block
+                else:
+                    out[dest] = block
 
 
 def _read_rows(f: h5py.File, matrix: bool = True) -> FeatureRows:
