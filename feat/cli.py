@@ -95,8 +95,8 @@ def extract(
         options=EncoderOptions(model=model, pooling=pooling, max_length=max_length, svd_dim=svd_dim),
         name=name, device=device, dtype=dtype, store_dtype=store_dtype, batch_size=batch_size,
         num_workers=num_workers, threads=threads, on_bad_image=on_bad_image, force=force,
-        commit_every=commit_every, lock_timeout=wait, shard=Shard.parse(shard) if shard else None, backend=backend, ray_address=ray_address,
-        ray_actors=ray_actors))
+        commit_every=commit_every, lock_timeout=wait, shard=Shard.parse(shard) if shard else None,
+        backend=backend, ray_address=ray_address, ray_actors=ray_actors))
     from rich.markup import escape
 
     # soft_wrap: one line per fact even in a narrow terminal or a log file, so that it can be grepped.

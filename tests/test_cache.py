@@ -531,6 +531,31 @@ def test_merge_copies_block_by_block_to_the_right_rows(tmp_path, monkeypatch, bl
     assert list(stored.content_hash) == [f"{i}v{newest[i][0]}" for i in table]
 
 
+def test_rows_of_another_width_are_refused_only_where_vectors_are_read(tmp_path):
+    """A killed TF-IDF run can leave rows of an older fit (another vocabulary width) under one fingerprint:
+    planning reads only the bookkeeping and must not trip over them; merging rows of two widths is refused;
+    a merge that does not want the old rows ignores them."""
+    from feat.cache import FeatureRows
+    from feat.errors import FeatError
+
+    fs = FeatureCache(tmp_path)
+    fingerprint = {"encoder": "x"}
+
+    def block(items, width, tag):
+        ids = np.array(items, dtype=object)
+        return FeatureRows(ids, np.array([f"{i}{tag}" for i in items], dtype=object), np.ones(len(ids), dtype=bool),
+                           np.full(len(ids), "", dtype=object), np.ones((len(ids), width), dtype=np.float32))
+
+    fs.commit_part("x", block(["a", "b"], 3, "old"), fingerprint)
+    fs.commit_part("x", block(["b", "c"], 5, "new"), fingerprint)
+    planned = fs.committed("x", fingerprint, matrix=False)
+    assert sorted(planned.ids) == ["a", "b", "c"]
+    with pytest.raises(FeatError, match=r"different widths .*\[3, 5\]"):
+        fs.finalize("x", ["a", "b", "c"], ["aold", "bnew", "cnew"], fingerprint, {}, "x")
+    fs.finalize("x", ["b", "c"], ["bnew", "cnew"], fingerprint, {}, "x")
+    assert fs.read("x").rows.matrix.shape == (2, 5)
+
+
 def test_cache_path_that_is_a_file(tmp_path, tiny):
     data = text_table(tmp_path / "d.csv", 4)
     (tmp_path / "c").write_text("not a folder")

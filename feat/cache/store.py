@@ -383,18 +383,21 @@ class FeatureCache:
         chosen = self._chosen_rows(name, fingerprint, want)
         if chosen is None:
             return None
+        live = _live(chosen)
+        if matrix:
+            _require_one_width(name, live)
         blocks = []
-        for source in chosen:
+        for source in live:
             block = source.meta.take(source.index)
             if matrix:
                 block.matrix, block.width = source.read(), None
             blocks.append(block)
-        return FeatureRows.concat([b for b in blocks if len(b)] or blocks[:1])
+        return FeatureRows.concat(blocks)
 
     def _chosen_rows(self, name: str, fingerprint: dict, want: dict[str, str] | None) -> list[_Source] | None:
         """Which row of which file holds each id's newest commit under `fingerprint` (and, with `want`, made
         from that content): decided on the bookkeeping alone, so rows that lost are never read. They may not
-        even stack: a TF-IDF row from an older fit has another width."""
+        even stack: a TF-IDF row from an older fit has another width (checked only where vectors are read)."""
         sources = []
         for path in [self.feature_path(name), *self._part_files(name)]:
             if path.exists():
@@ -417,10 +420,6 @@ class FeatureCache:
             rows[s].append(r)
         for source, index in zip(sources, rows):
             source.index = np.array(sorted(index), dtype=np.int64)
-        widths = {source.meta.dim for source in sources if len(source.index)}
-        if len(widths) > 1:
-            raise FeatError(f"feature set '{name}': committed rows of different widths under one fingerprint "
-                            f"({sorted(widths)}); re-encode it with --force")
         return sources
 
     def finalize(self, name: str, ids: list[str], hashes: list[str], fingerprint: dict,
@@ -435,20 +434,21 @@ class FeatureCache:
         sources = self._chosen_rows(name, fingerprint, want=dict(zip(ids, hashes)))
         if sources is None:
             raise FeatError(f"nothing committed for feature set '{name}'")
-        found = FeatureRows.concat([source.meta.take(source.index) for source in sources])
+        live = _live(sources)
+        _require_one_width(name, live)
+        found = FeatureRows.concat([source.meta.take(source.index) for source in live])
         position = {item: i for i, item in enumerate(found.ids)}
         missing = [item for item in ids if item not in position]
         if missing:
             raise FeatError(f"feature set '{name}': {len(missing)} row(s) were never encoded, e.g. {missing[:3]}")
-        target = np.empty(len(found), dtype=np.int64)  # found row (sources in order) -> its row in the output
+        target = np.empty(len(found), dtype=np.int64)  # found row (live sources in order) -> its output row
         target[np.array([position[item] for item in ids], dtype=np.int64)] = np.arange(len(ids))
         order = np.argsort(target)
         aligned = found.take(order)
-        live = [source for source in sources if len(source.index)]
         sparse = any(source.sparse for source in live)
         if sparse:  # TF-IDF: CSR cannot be written row by row in place, and it is small
             aligned.matrix = sp.csr_matrix(sp.vstack([source.read() for source in live]))[order]
-        dtype = aligned.matrix.dtype if sparse else (live[0].dtype if live else np.dtype(np.float32))
+        dtype = aligned.matrix.dtype if sparse else live[0].dtype
         attrs = {"schema": SCHEMA, "name": name, "encoder": encoder,
                  "fingerprint": json.dumps(fingerprint, sort_keys=True),
                  "fingerprint_id": fingerprint_id(fingerprint), "dim": aligned.dim,
@@ -459,7 +459,7 @@ class FeatureCache:
             _write_rows(f, aligned)
             if not sparse:
                 out = f.create_dataset("X", shape=(len(aligned), aligned.dim), dtype=dtype, track_times=False)
-                _copy_rows(sources, target, out)
+                _copy_rows(live, target, out)
             if state:
                 group = f.create_group("state")
                 for key, value in state.items():
@@ -674,6 +674,18 @@ def _write_rows(f: h5py.File, rows: FeatureRows) -> None:
 COPY_BLOCK_BYTES = 32 * 2**20  # vectors a merge holds at once, per source file
 
 
+def _live(sources: list[_Source]) -> list[_Source]:
+    """The sources with a chosen row (or the first one, so that an empty selection still has a width)."""
+    return [source for source in sources if len(source.index)] or sources[:1]
+
+
+def _require_one_width(name: str, sources: list[_Source]) -> None:
+    widths = {source.meta.dim for source in sources if len(source.index)}
+    if len(widths) > 1:
+        raise FeatError(f"feature set '{name}': committed rows of different widths under one fingerprint "
+                        f"({sorted(widths)}); re-encode it with --force")
+
+
 def _copy_rows(sources: list[_Source], target: np.ndarray, out: h5py.Dataset) -> None:
     """Write each source's chosen rows (in source order, each in increasing row order, as `target` maps them)
     to their output rows, a block of rows at a time."""
@@ -681,7 +693,7 @@ def _copy_rows(sources: list[_Source], target: np.ndarray, out: h5py.Dataset) ->
     for source in sources:
         index, goes_to = source.index, target[done:done + len(source.index)]
         done += len(index)
-        if not len(index):
+        if not len(index):  # the first source of an empty selection
             continue
         with h5py.File(source.path, "r") as f:
             x = f["X"]
