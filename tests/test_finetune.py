@@ -162,6 +162,38 @@ def test_unfreeze_last_trains_only_the_last_block_and_what_follows(tiny, tmp_pat
     assert not any(k.startswith(("embeddings.", "encoder.layer.0.")) for k in changes["deberta"])
 
 
+@pytest.mark.parametrize("name, checkpoint, stack, after", [
+    ("clip-text", "clip", "net.text_model.encoder.layers", ("text_model.final_layer_norm.", "text_projection.")),
+    ("clip-image", "clip", "net.vision_model.encoder.layers", ("vision_model.post_layernorm.", "visual_projection.")),
+    ("hf-text", "bert", "net.encoder.layer", ("pooler.",)),
+    ("hf-vision", "resnet", "net.encoder.stages", ()),
+])
+def test_unfreeze_last_on_tower_encoders(tiny_model, name, checkpoint, stack, after):
+    """The stacks are observed in a forward pass: on CLIP only the tower in use has one, and what trains is its
+    last block plus the layers that run after it; embeddings, earlier blocks and the other tower stay frozen."""
+    from PIL import Image
+
+    from feat.extract.base import EncoderOptions, Runtime
+    from feat.extract.registry import create_encoder
+    from feat.finetune.model import train_last_blocks
+
+    encoder = create_encoder(name, EncoderOptions(model=str(tiny_model(checkpoint))))
+    encoder.load(Runtime())
+    module = encoder.trainable_module()
+    if encoder.modality == "text":
+        inputs = module.collate(["a photo of a cat", "two words"])
+    else:
+        pixels = encoder.transform()(Image.new("RGB", (40, 30), (200, 10, 10)))
+        inputs = module.collate(None, torch.stack([pixels, pixels]))
+    info = train_last_blocks(module, 1, lambda: module(inputs))
+    assert list(info["stacks"]) == [stack]
+    last = f"{stack}.{info['stacks'][stack] - 1}."
+    trainable = [n for n, p in module.named_parameters() if p.requires_grad]
+    assert any(n.startswith(last) for n in trainable)
+    assert all(n.startswith(last) or n.removeprefix("net.").startswith(after) for n in trainable), trainable
+    assert info["frozen_parameters"] > info["trainable_parameters"] > 0
+
+
 # ----- parity failures say which input differs -----------------------------------------------------------------
 def test_a_live_input_that_differs_from_its_cache_is_named(tiny, tmp_path, monkeypatch):
     from feat.extract.align import AlignVisionEncoder
