@@ -38,6 +38,14 @@ def parser(description: str, rows: int | None = None, rounds: int | None = 3) ->
     return p
 
 
+def encoder_options(p: argparse.ArgumentParser, image_rows: int) -> None:
+    """--encoders, --image-rows (image encoders run on fewer rows: their forward pass is ~20x a text
+    encoder's) and --batch-size, for the scripts that compare encoders."""
+    p.add_argument("--encoders", default="minilm,effnet")
+    p.add_argument("--image-rows", type=int, default=image_rows, help=f"rows for image encoders (default {image_rows})")
+    p.add_argument("--batch-size", type=int, default=32)
+
+
 def start(p: argparse.ArgumentParser) -> argparse.Namespace:
     """Parse the arguments and apply --threads."""
     args = p.parse_args()
@@ -154,11 +162,10 @@ def feat_command() -> list[str]:
     return [str(script)] if script.exists() else [sys.executable, "-m", "feat.cli"]
 
 
-def run_feat(args: list[str], env: dict | None = None, command: list[str] | None = None):
-    """Run `feat ARGS` (or `COMMAND ARGS`) as a child process; (wall seconds, completed process). Raises on
-    failure."""
+def run_feat(args: list[str], env: dict | None = None):
+    """Run `feat ARGS` as a child process; (wall seconds, completed process). Raises on failure."""
     started = time.perf_counter()
-    done = subprocess.run([*(command or feat_command()), *map(str, args)], capture_output=True, text=True,
+    done = subprocess.run([*feat_command(), *map(str, args)], capture_output=True, text=True,
                           env={**os.environ, **(env or {})})
     seconds = time.perf_counter() - started
     if done.returncode:

@@ -18,9 +18,7 @@ import _common as C
 
 def main() -> None:
     p = C.parser(__doc__.splitlines()[0], rows=400, rounds=3)
-    p.add_argument("--image-rows", type=int, default=160, help="rows for image encoders (default 160)")
-    p.add_argument("--encoders", default="minilm,effnet")
-    p.add_argument("--batch-size", type=int, default=32)
+    C.encoder_options(p, image_rows=160)
     args = C.start(p)
     from feat.cache import FeatureCache
 

@@ -59,9 +59,7 @@ def bare_text(encoder, texts: list[str], batch_size: int):
 def main() -> None:
     p = C.parser(__doc__.splitlines()[0], rounds=3)
     p.add_argument("--rows", type=int, default=None, help="rows for text encoders (default: all)")
-    p.add_argument("--encoders", default="minilm,effnet")
-    p.add_argument("--image-rows", type=int, default=320, help="rows for image encoders (default 320)")
-    p.add_argument("--batch-size", type=int, default=32)
+    C.encoder_options(p, image_rows=320)
     args = C.start(p)
     import pandas as pd
 

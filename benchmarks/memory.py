@@ -19,9 +19,7 @@ DIMS = {"minilm": 384, "effnet": 1280}
 def main() -> None:
     p = C.parser(__doc__.splitlines()[0], rows=None, rounds=None)
     p.add_argument("--text-rows", type=int, default=1000)
-    p.add_argument("--image-rows", type=int, default=100)
-    p.add_argument("--encoders", default="minilm,effnet")
-    p.add_argument("--batch-size", type=int, default=32)
+    C.encoder_options(p, image_rows=100)
     args = C.start(p)
     rows = []
     with C.scratch(args) as folder:
