@@ -1,18 +1,24 @@
-"""Summary statistics of an ablation: mean ± std over seeds, bootstrap CIs and paired tests over test items.
+"""Summary statistics: mean ± std over seeds, bootstrap CIs and paired tests over test items, the
+Nadeau-Bengio corrected resampled t-test over CV folds, and the bootstrap probability of a winner.
 
-Both the CI and the test resample TEST ITEMS (the main source of uncertainty with a few hundred test items)
-and, in every resample, average the metric over the seeds of a configuration. The paired test draws the
-same items for both configurations; its two-sided p-value inverts the percentile interval of the difference:
-p = min(1, 2 * min(P*(delta <= 0), P*(delta >= 0))), the smallest alpha whose (1 - alpha) interval
-touches 0. Metrics come from confusion counts, vectorised over resamples (sklearn's F1 definitions: a class
-absent from both truth and predictions of a resample is left out of the macro mean).
+Item bootstraps resample TEST ITEMS (the main source of uncertainty with a few hundred test items) and, in
+every resample, average the metric over the seeds of a configuration. The paired test draws the same items
+for both configurations; its two-sided p-value inverts the percentile interval of the difference:
+p = min(1, 2 * min(P*(delta <= 0), P*(delta >= 0))), the smallest alpha whose (1 - alpha) interval touches 0.
+Every metric is computed from class probabilities, vectorised over resamples: hard-decision metrics from
+confusion counts (sklearn's F1 definitions: a class absent from both truth and predictions of a resample is
+left out of the macro mean), AUROC from ranks (Mann-Whitney), log-loss from the true class's probability.
 """
 
 from __future__ import annotations
 
 import numpy as np
+from scipy import stats as scipy_stats
 
-BOOTSTRAP_METRICS = ("accuracy", "f1", "macro_f1")
+from feat.fuse.metrics import higher_is_better
+
+DECISION_METRICS = ("accuracy", "f1", "macro_f1")
+EPS = 1e-15  # sklearn's log_loss clipping
 
 
 def mean_std(values) -> tuple[float, float]:
@@ -49,26 +55,107 @@ def resamples(n: int, b: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, n, size=(b, n))
 
 
-def seed_mean_metric(y, preds, draws, k, metric) -> np.ndarray:
-    """The metric averaged over seeds, per resample: (B,)."""
-    return metric_from_confusion(confusions(y, np.atleast_2d(preds), draws, k), metric).mean(axis=0)
+def decisions(prob: np.ndarray, threshold: float | None = None) -> np.ndarray:
+    """Predicted classes of (..., n, k) probabilities: argmax, or for two classes p(positive) >= threshold."""
+    if threshold is None or prob.shape[-1] != 2:
+        return prob.argmax(axis=-1)
+    return (prob[..., 1] >= threshold).astype(np.int64)
 
 
-def bootstrap_ci(y: np.ndarray, preds: np.ndarray, k: int, metric: str, b: int = 2000, seed: int = 0,
-                 level: float = 0.95) -> tuple[float, float]:
+def _auroc(scores: np.ndarray, positive: np.ndarray) -> np.ndarray:
+    """Mann-Whitney AUROC over the last axis; NaN where a resample has only one class."""
+    ranks = scipy_stats.rankdata(scores, axis=-1)
+    n1 = positive.sum(-1)
+    n0 = positive.shape[-1] - n1
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return ((ranks * positive).sum(-1) - n1 * (n1 + 1) / 2) / (n1 * n0)
+
+
+def score_resamples(metric: str, y: np.ndarray, prob: np.ndarray, draws: np.ndarray,
+                    threshold: float | None = None) -> np.ndarray:
+    """`metric` of seed-averaged (seeds, n, k) or (n, k) probabilities on item resamples `draws` (B, n): (B,).
+
+    The metric is computed per seed and then averaged over seeds (as the runs' own numbers are)."""
+    prob = prob if prob.ndim == 3 else prob[None]
+    k = prob.shape[-1]
+    truth = y[draws]  # (B, n)
+    if metric in DECISION_METRICS:
+        values = metric_from_confusion(confusions(y, decisions(prob, threshold), draws, k), metric)
+    elif metric == "loss":
+        p_true = np.take_along_axis(prob, y[None, :, None], axis=2)[..., 0]  # (seeds, n)
+        values = -np.log(np.clip(p_true, EPS, 1))[:, draws].mean(-1)
+    elif metric == "auroc":
+        classes = [1] if k == 2 else range(k)  # binary: the positive class; else the macro one-vs-rest mean
+        values = np.nanmean([_auroc(prob[:, draws, c], (truth == c)[None]) for c in classes], axis=0)
+    else:
+        raise ValueError(f"no resampled form of metric '{metric}'")
+    return np.nanmean(values, axis=0) if values.ndim > 1 else values
+
+
+def observed(metric: str, y: np.ndarray, prob: np.ndarray, threshold: float | None = None) -> float:
+    return float(score_resamples(metric, y, prob, np.arange(len(y))[None], threshold)[0])
+
+
+def bootstrap_ci(metric: str, y: np.ndarray, prob: np.ndarray, b: int = 2000, seed: int = 0, level: float = 0.95,
+                 threshold: float | None = None) -> tuple[float, float]:
     """Percentile CI of the seed-averaged metric over bootstrap resamples of the items."""
-    values = seed_mean_metric(y, preds, resamples(len(y), b, seed), k, metric)
+    values = score_resamples(metric, y, prob, resamples(len(y), b, seed), threshold)
     tail = (1 - level) / 2 * 100
-    return float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))
+    return float(np.nanpercentile(values, tail)), float(np.nanpercentile(values, 100 - tail))
 
 
-def paired_bootstrap(y: np.ndarray, preds_a: np.ndarray, preds_b: np.ndarray, k: int, metric: str,
-                     b: int = 2000, seed: int = 0) -> tuple[float, float]:
-    """(observed metric(a) - metric(b), two-sided p-value), the same item resamples for both."""
-    everything = np.arange(len(y))[None]
-    observed = float(seed_mean_metric(y, preds_a, everything, k, metric)[0]
-                     - seed_mean_metric(y, preds_b, everything, k, metric)[0])
+def paired_bootstrap(metric: str, y: np.ndarray, prob_a: np.ndarray, prob_b: np.ndarray, b: int = 2000,
+                     seed: int = 0, level: float = 0.95) -> dict:
+    """metric(a) - metric(b) on the same items: {"delta", "ci": [lo, hi], "p"} (two-sided, paired bootstrap).
+    For a lower-is-better metric (loss) the delta is still a minus b: negative means a is better."""
+    delta = observed(metric, y, prob_a) - observed(metric, y, prob_b)
     draws = resamples(len(y), b, seed)
-    delta = seed_mean_metric(y, preds_a, draws, k, metric) - seed_mean_metric(y, preds_b, draws, k, metric)
-    p = min(1.0, 2 * min(float(np.mean(delta <= 0)), float(np.mean(delta >= 0))))
-    return observed, p
+    diffs = score_resamples(metric, y, prob_a, draws) - score_resamples(metric, y, prob_b, draws)
+    diffs = diffs[np.isfinite(diffs)]
+    tail = (1 - level) / 2 * 100
+    p = min(1.0, 2 * min(float(np.mean(diffs <= 0)), float(np.mean(diffs >= 0)))) if len(diffs) else float("nan")
+    ci = [float(np.percentile(diffs, tail)), float(np.percentile(diffs, 100 - tail))] if len(diffs) else [np.nan] * 2
+    return {"delta": float(delta), "ci": ci, "p": p}
+
+
+def corrected_t_test(differences: np.ndarray, n_train: float, n_test: float) -> dict:
+    """Nadeau & Bengio (2003) corrected resampled t-test of J = K x R fold-score differences d_j:
+    t = mean(d) / sqrt((1/J + n_test/n_train) * var(d)), J - 1 degrees of freedom, two-sided p. The plain
+    paired t-test (variance term 1/J) ignores that the folds' training sets overlap and is anti-conservative."""
+    d = np.asarray(differences, dtype=np.float64)
+    j = len(d)
+    if j < 2:
+        return {"delta": float(d.mean()) if j else float("nan"), "t": float("nan"), "df": j - 1, "p": float("nan")}
+    variance = d.var(ddof=1) * (1 / j + n_test / n_train)
+    if variance == 0:
+        t = 0.0 if d.mean() == 0 else np.sign(d.mean()) * np.inf
+    else:
+        t = d.mean() / np.sqrt(variance)
+    p = float(2 * scipy_stats.t.sf(abs(t), df=j - 1))
+    return {"delta": float(d.mean()), "t": float(t), "df": j - 1, "p": p}
+
+
+def winner_probability(scores: np.ndarray, metric: str, b: int = 2000, seed: int = 0) -> np.ndarray:
+    """How sure the choice of winner is: `scores` (configurations, cells) are the selection scores of every
+    configuration on the same cells (fold x seed, or dev-item resamples already drawn); the cells are
+    resampled with replacement, the same draw for every configuration, and each configuration's fraction of
+    first places is returned (ties split). Configurations with a NaN cell never win that draw."""
+    sign = 1.0 if higher_is_better(metric) else -1.0
+    cells = scores.shape[1]
+    draws = resamples(cells, b, seed)
+    means = sign * scores[:, draws].mean(-1)  # (configurations, B)
+    means = np.where(np.isfinite(means), means, -np.inf)
+    best = means == means.max(axis=0, keepdims=True)
+    return (best / best.sum(axis=0, keepdims=True)).mean(axis=1)
+
+
+def holm(pvalues: list[float]) -> list[float]:
+    """Holm's step-down adjusted p-values (family-wise error over the claims printed together)."""
+    p = np.asarray(pvalues, dtype=np.float64)
+    order = np.argsort(p)
+    adjusted = np.empty_like(p)
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(p) - rank) * p[i]))
+        adjusted[i] = running
+    return adjusted.tolist()
