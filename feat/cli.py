@@ -152,9 +152,23 @@ def encoders():
 
 # ----- Stage 2: fusion heads on cached features -------------------------------------------------------
 Label = Annotated[str, typer.Option(help="Label column of the data (stored in the cache's items).")]
-Metric = Annotated[str, typer.Option(help="Dev metric for early stopping: auto (f1 of the positive class = "
-                                          "second sorted label for 2 classes, macro_f1 otherwise) | f1 | "
-                                          "macro_f1 | accuracy | auroc | loss.")]
+Metric = Annotated[str, typer.Option(help="Validation metric for early stopping and for choosing configurations "
+                                          "and trials: auto (= auroc: threshold-free, it ranks configurations "
+                                          "most stably; macro one-vs-rest for more classes) | f1 (of the positive "
+                                          "class for 2 classes, else macro) | macro_f1 | accuracy | auroc | loss.")]
+Cv = Annotated[int, typer.Option("--cv", help="K: stratified K-fold cross-validation over train+dev (test "
+                                             "untouched; the same folds for every configuration); 0 = the "
+                                             "data's own train/dev split.")]
+CvRepeats = Annotated[int, typer.Option(help="With --cv: repeat the K folds R times with other shuffles.")]
+GroupCol = Annotated[Optional[str], typer.Option(help="With --cv: rows sharing this column's value stay in one fold "
+                                                      "(near duplicates, same user, same image).")]
+Tune = Annotated[int, typer.Option(help="N hyperparameter trials per configuration (lr, weight decay, dropout, "
+                                        "common dim, width, patience; the same N for every configuration), chosen "
+                                        "on validation data only; 0 = the given values.")]
+LrWeights = Annotated[float, typer.Option(help="Learning rate of the modality-mixing scalars (weighted_mean, "
+                                               "late_learned, the gate's bias).")]
+PositiveLabel = Annotated[Optional[str], typer.Option(help="Binary labels: the positive class of f1, AUROC and the "
+                                                           "tuned threshold (default: the second sorted label).")]
 Patience = Annotated[int, typer.Option(help="Epochs without dev improvement before stopping.")]
 Epochs = Annotated[int, typer.Option(help="Maximum epochs.")]
 BatchSize = Annotated[int, typer.Option(help="Train batch size.")]
@@ -174,13 +188,15 @@ Precision = Annotated[str, typer.Option(help="fp32 | bf16 (float32 matmuls compu
 
 
 def _configs(options: dict):
-    """HeadConfig and TrainConfig from a command's options: each config field is the option of that name."""
+    """HeadConfig, TrainConfig and CVConfig from a command's options: each config field is the option of that
+    name (CVConfig's `folds` is --cv, `repeats` --cv-repeats)."""
     from dataclasses import fields
 
-    from feat.fuse.config import HeadConfig, TrainConfig
+    from feat.fuse.config import CVConfig, HeadConfig, TrainConfig
 
+    options = {**options, "folds": options.get("cv", 0), "repeats": options.get("cv_repeats", 1)}
     return tuple(cls(**{f.name: options[f.name] for f in fields(cls) if f.name in options})
-                 for cls in (HeadConfig, TrainConfig))
+                 for cls in (HeadConfig, TrainConfig, CVConfig))
 
 
 def _strategy_help() -> str:
@@ -206,20 +222,18 @@ def fuse(
     lr: Lr = 1e-3, weight_decay: WeightDecay = 1e-4, warmup: Warmup = 0.1, common_dim: CommonDim = 768,
     dropout: Dropout = 0.1, depth: Depth = 1, width: Width = 256, class_weights: ClassWeights = "none",
     missing: Missing = "drop", standardize: Standardize = True, precision: Precision = "fp32",
+    lr_weights: LrWeights = 0.05, positive_label: PositiveLabel = None, cv: Cv = 0, cv_repeats: CvRepeats = 1,
+    group_col: GroupCol = None,
 ):
-    """Train one fusion head on cached features; writes config, weights, metrics, predictions and a plot."""
+    """Train one fusion head on cached features; writes config, weights, metrics, predictions and a plot.
+    With --cv K: one run per fold (OUT/runs/...), validation mean over folds, test scored by the fold ensemble."""
     from feat.console import console
-    from feat.fuse.data import describe_report
-    from feat.fuse.run import FuseSpec, run_fuse
+    from feat.fuse.ablate import describe_run, fuse as run_fuse
+    from feat.fuse.run import FuseSpec
 
-    head, train = _configs(locals())
-    result = run_fuse(FuseSpec(cache, _split_features(features), label, out, head, train))
-    m = result.metrics
-    console.print(describe_report(result.data_report))
-    console.print(f"{strategy} on {features}, seed {seed}: best epoch {m['best_epoch']}, "
-                  f"dev {result.metric} {m['dev'][result.metric]:.4f}, test {result.metric} "
-                  f"{m['test'][result.metric]:.4f}, test accuracy {m['test']['accuracy']:.4f} "
-                  f"({m['train_seconds']:.1f} s) -> {result.out}")
+    head, train, folds = _configs(locals())
+    console.print(describe_run(run_fuse(FuseSpec(cache, _split_features(features), label, out, head, train,
+                                                 positive=positive_label, cv=folds))), soft_wrap=True, markup=False)
 
 
 @app.command()
@@ -264,14 +278,17 @@ def ablate(
     lr: Lr = 1e-3, weight_decay: WeightDecay = 1e-4, warmup: Warmup = 0.1, common_dim: CommonDim = 768,
     dropout: Dropout = 0.1, depth: Depth = 1, width: Width = 256, class_weights: ClassWeights = "none",
     missing: Missing = "drop", standardize: Standardize = True, precision: Precision = "fp32",
+    lr_weights: LrWeights = 0.05, positive_label: PositiveLabel = None, cv: Cv = 0, cv_repeats: CvRepeats = 1,
+    group_col: GroupCol = None, tune: Tune = 0,
 ):
-    """Every strategy x feature set x seed plus unimodal baselines; summary with CIs, paired tests, plots."""
+    """Every strategy x feature set x seed (x fold x trial) plus unimodal baselines; answer.json (does the image
+    help?), summary with CIs and paired tests, attribution, plots."""
     from feat.console import console
     from feat.fuse.ablate import AblateSpec, run_ablation
 
-    head, train = _configs(locals())  # strategy and seed are set per run
+    head, train, folds = _configs(locals())  # strategy and seed are set per run
     summary = run_ablation(AblateSpec(cache, [_split_features(f) for f in features], strategies, seeds, label,
-                                      out, head, train, workers, curves))
+                                      out, head, train, workers, curves, folds, tune, positive_label))
     typer.echo(summary.markdown)
     console.print(f"report: {summary.out / 'summary.md'}; best run: {summary.out / summary.best_run}")
 

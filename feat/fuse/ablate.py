@@ -1,4 +1,4 @@
-"""`feat ablate`: every strategy on every multi-input feature set, the unimodal baselines, every seed.
+"""`feat ablate`: plan -> train -> evaluate -> report over every configuration, seed, fold and trial.
 
 The cache is read once per process. Runs go to a pool of worker processes (spawned, one torch thread each,
 so two workers use both cores and every run is the same single-threaded computation as `feat fuse`).
@@ -11,71 +11,22 @@ from __future__ import annotations
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import pandas as pd
 
-from feat.errors import InputError
 from feat.fuse import artifacts as art
-from feat.fuse.config import HeadConfig, TrainConfig, to_dict
-from feat.fuse.data import FusionData, describe_report, load_data
-from feat.fuse.registry import REFERENCE, STRATEGIES, UNIMODAL, strategy_class
-from feat.fuse.run import FuseSpec, check_spec, run_fuse
+from feat.fuse.config import to_dict
+from feat.fuse.data import FusionData, describe_report
+from feat.fuse.plan import AblateSpec, plan, resolve_strategies
+from feat.fuse.run import FuseSpec, run_fuse
+from feat.fuse.tune import hyperparameters
 
 RESULTS = "results.csv"
-SCALARS = ("accuracy", "f1", "macro_f1", "weighted_f1", "precision", "recall", "auroc", "loss")
+SCALARS = ("accuracy", "f1", "f1_tuned", "macro_f1", "weighted_f1", "precision", "recall", "auroc", "loss")
 
-
-@dataclass
-class AblateSpec:
-    cache: Path  # the feature cache folder
-    feature_sets: list[list[str]]  # e.g. [["minilm"], ["effnet"], ["minilm", "effnet"]]
-    strategies: list[str]  # fusion strategies for the multi-input sets (see resolve_strategies)
-    seeds: int  # runs seeds 0 .. seeds-1 of every configuration
-    label: str  # label column
-    out: Path  # the ablation folder
-    head: HeadConfig = field(default_factory=HeadConfig)  # `strategy` is set per run
-    train: TrainConfig = field(default_factory=TrainConfig)  # `seed` is set per run
-    workers: int = 2  # processes; 1 runs in this process
-    curves: bool = True  # a learning_curve.png per run
-
-
-def resolve_strategies(names: list[str]) -> list[str]:
-    """`all` = every registered multi-input head, `reference` = the five reference heads; else names."""
-    out: list[str] = []
-    for name in (n.strip() for item in names for n in item.split(",")):
-        if name == "all":
-            out += [s for s in STRATEGIES if s != UNIMODAL]
-        elif name == "reference":
-            out += list(REFERENCE)
-        elif name:
-            strategy_class(name)  # refuses unknown names
-            out.append(name)
-    return list(dict.fromkeys(out))
-
-
-def plan(spec: AblateSpec) -> list[FuseSpec]:
-    """The runs: strategies on multi-input sets, `single` (and `logreg` when asked) on every input."""
-    if spec.seeds < 1:
-        raise InputError("--seeds must be at least 1")
-    multi = [fs for fs in spec.feature_sets if len(fs) > 1]
-    singles = list(dict.fromkeys([tuple(fs) for fs in spec.feature_sets if len(fs) == 1]
-                                 + [(f,) for fs in multi for f in fs]))
-    configs = [(fs, s) for fs in multi for s in spec.strategies
-               if s != UNIMODAL and len(fs) >= strategy_class(s).min_inputs]
-    configs += [(list(fs), s) for fs in singles for s in [UNIMODAL, *(["logreg"] if "logreg" in spec.strategies else [])]]
-    valid_from = list(dict.fromkeys(f for fs in spec.feature_sets for f in fs))
-    runs = []
-    for seed in range(spec.seeds):
-        for features, strategy in configs:
-            name = f"{'+'.join(features)}__{strategy}__seed{seed}"
-            runs.append(FuseSpec(spec.cache, list(features), spec.label, spec.out / "runs" / name,
-                                 replace(spec.head, strategy=strategy), replace(spec.train, seed=seed),
-                                 valid_from, spec.curves))
-    for run in runs:
-        check_spec(run)
-    return runs
+__all__ = ["AblateSpec", "resolve_strategies", "run_ablation", "default_workers"]
 
 
 def _cost(run: FuseSpec, dims: dict[str, int]) -> float:
@@ -92,14 +43,19 @@ def _cost(run: FuseSpec, dims: dict[str, int]) -> float:
 
 
 def result_row(run: FuseSpec, metrics: dict, metric: str) -> dict:
+    """One line of results.csv: which run (configuration, seed, trial, fold), its validation (`val_`, the dev
+    split or the CV fold) and test metrics, and the hyperparameters it used."""
+    repeat, fold = divmod(run.partition, run.cv.folds) if run.cv.folds else (0, -1)
     row = {"features": "+".join(run.features), "strategy": run.head.strategy, "seed": run.train.seed,
-           "n_inputs": len(run.features), "metric": metric}
-    for split in ("dev", "test"):
-        row.update({f"{split}_{k}": metrics[split][k] for k in SCALARS})
+           "trial": run.trial, "repeat": repeat, "fold": fold, "n_inputs": len(run.features), "metric": metric}
+    for split, prefix in (("dev", "val"), ("test", "test")):
+        row.update({f"{prefix}_{k}": metrics[split].get(k) for k in SCALARS})
+        row[f"{prefix}_n"] = metrics[split]["n"]
         for feature, weight in (metrics[split].get("modality_weights") or {}).items():
-            row[f"{split}_weight_{feature}"] = weight
-    row.update(best_epoch=metrics["best_epoch"], seconds=metrics["train_seconds"],
-               run=str(run.out.relative_to(run.out.parent.parent)))
+            row[f"{prefix}_weight_{feature}"] = weight
+    row.update(threshold=metrics["dev"].get("threshold"), best_epoch=metrics["best_epoch"],
+               seconds=metrics["train_seconds"], run=str(run.out.relative_to(run.out.parent.parent)))
+    row.update(hyperparameters(run.head, run.train))
     return row
 
 
@@ -108,9 +64,11 @@ def _finished(run: FuseSpec, data: FusionData) -> dict | None:
     if not (run.out / art.METRICS).exists() or not (run.out / art.CONFIG).exists():
         return None
     config = art.read_json(run.out / art.CONFIG)
+    view = data.with_partition(run.cv, run.partition)
     same = (config.get("features") == run.features and config.get("label") == run.label
             and config.get("head") == to_dict(run.head) and config.get("train") == to_dict(run.train)
-            and config.get("valid_from") == run.valid_from and config.get("items_digest") == data.items_digest()
+            and config.get("valid_from") == run.valid_from and config.get("items_digest") == view.items_digest()
+            and config.get("cv") == to_dict(run.cv) and config.get("partition") == run.partition
             and {f: v["id"] for f, v in config.get("fingerprints", {}).items()}
             == {f: data.fingerprints[f]["id"] for f in run.features})
     return art.read_json(run.out / art.METRICS) if same else None
@@ -119,12 +77,12 @@ def _finished(run: FuseSpec, data: FusionData) -> dict | None:
 _WORKER_DATA: FusionData | None = None
 
 
-def _init_worker(cache, features, label, missing) -> None:
+def _init_worker(run: FuseSpec) -> None:
     import torch
 
     global _WORKER_DATA
     torch.set_num_threads(1)
-    _WORKER_DATA = load_data(cache, features, label, missing, features)
+    _WORKER_DATA = run.load(run.valid_from)
 
 
 def _work(run: FuseSpec) -> tuple[dict, str]:
@@ -132,18 +90,10 @@ def _work(run: FuseSpec) -> tuple[dict, str]:
     return result.metrics, result.metric
 
 
-def run_ablation(spec: AblateSpec):
-    """Run (or resume) the grid, write results.csv and the report; returns the report's Summary."""
+def train_all(spec: AblateSpec, runs: list[FuseSpec], data: FusionData, metric: str) -> pd.DataFrame:
+    """Step 2: train every run not already finished; one results.csv row per run, in plan order."""
     from feat.console import console, progress_bar
-    from feat.fuse.metrics import resolve_metric
-    from feat.fuse.report import write_report
 
-    spec = replace(spec, out=Path(spec.out), strategies=resolve_strategies(spec.strategies))
-    runs = plan(spec)
-    features = runs[0].valid_from
-    data = load_data(spec.cache, features, spec.label, spec.train.missing, features)
-    metric = resolve_metric(spec.train.metric, len(data.classes))
-    spec.out.mkdir(parents=True, exist_ok=True)
     rows: dict[int, dict] = {}
     todo = []
     for i, run in enumerate(runs):
@@ -154,20 +104,19 @@ def run_ablation(spec: AblateSpec):
             todo.append(i)
     console.print(describe_report(data.report))
     console.print(f"ablation: {len(runs)} runs ({len(runs) - len(todo)} already done) on {len(data.ids)} items, "
-                  f"{spec.workers} worker(s), selection metric dev {metric}")
-    dims = {f: data.matrices[f].shape[1] for f in features}
+                  f"{spec.workers} worker(s), selection metric: validation {metric}", soft_wrap=True)
+    dims = {f: data.matrices[f].shape[1] for f in runs[0].valid_from}
     todo.sort(key=lambda i: -_cost(runs[i], dims))
     with progress_bar("runs", len(runs)) as advance:
         advance(len(runs) - len(todo))
         if spec.workers <= 1 or len(todo) <= 1:
             for i in todo:
-                result = run_fuse(runs[i], data)
-                rows[i] = result_row(runs[i], result.metrics, metric)
+                rows[i] = result_row(runs[i], run_fuse(runs[i], data).metrics, metric)
                 advance(1)
         else:
             context = multiprocessing.get_context("spawn")
             with ProcessPoolExecutor(min(spec.workers, len(todo)), mp_context=context, initializer=_init_worker,
-                                     initargs=(spec.cache, features, spec.label, spec.train.missing)) as pool:
+                                     initargs=(runs[0],)) as pool:
                 futures = {pool.submit(_work, runs[i]): i for i in todo}
                 try:
                     for future in as_completed(futures):
@@ -179,8 +128,55 @@ def run_ablation(spec: AblateSpec):
                     raise
     results = pd.DataFrame([rows[i] for i in range(len(runs))])
     art.write_csv(spec.out / RESULTS, results)
-    return write_report(spec.out, results, data, metric)
+    return results
+
+
+def run_ablation(spec: AblateSpec):
+    """Run (or resume) the grid, then evaluate and write the report; returns the report's Summary."""
+    from feat.fuse.evaluate import evaluate
+    from feat.fuse.metrics import resolve_metric
+    from feat.fuse.report import write_report
+
+    spec = replace(spec, out=Path(spec.out), strategies=resolve_strategies(spec.strategies))
+    runs = plan(spec)
+    data = runs[0].load(runs[0].valid_from)
+    metric = resolve_metric(spec.train.metric, len(data.classes))
+    spec.out.mkdir(parents=True, exist_ok=True)
+    results = train_all(spec, runs, data, metric)
+    return write_report(evaluate(spec, results, data, metric))
 
 
 def default_workers() -> int:
     return max(1, min(2, os.cpu_count() or 1))
+
+
+def fuse(spec: FuseSpec):
+    """`feat fuse`: one run (RunResult), or with --cv one run per fold, evaluated as the ablation of this one
+    configuration (Summary: validation over folds, test by the fold ensemble)."""
+    if not spec.cv.folds:
+        return run_fuse(spec)
+    return run_ablation(AblateSpec(spec.cache, [spec.features], [spec.head.strategy], 1, spec.label, spec.out,
+                                   spec.head, spec.train, default_workers(), spec.curve, spec.cv, 0, spec.positive,
+                                   baselines=False))
+
+
+def describe_run(result) -> str:
+    """What `feat fuse` prints: every number with its metric, class, split and n."""
+    from feat.fuse.metrics import describe_metric
+    from feat.fuse.run import RunResult
+
+    if isinstance(result, RunResult):
+        m, classes = result.metrics, result.classes
+        f1 = describe_metric("f1", classes)
+        tuned = (f", at the threshold {m['dev']['threshold']:.3f} chosen on dev {m['test']['f1_tuned']:.4f}"
+                 if "f1_tuned" in m["test"] else "")
+        return (f"{describe_report(result.data_report)}\n{result.strategy} on {'+'.join(result.features)}, seed "
+                f"{m['seed']}: best epoch {m['best_epoch']}; dev {describe_metric(result.metric, classes)} "
+                f"{m['dev'][result.metric]:.4f} (n = {m['dev']['n']}); test (n = {m['test']['n']}): "
+                f"{describe_metric(result.metric, classes)} {m['test'][result.metric]:.4f}, {f1} at 0.5 "
+                f"{m['test']['f1']:.4f}{tuned}, accuracy {m['test']['accuracy']:.4f} ({m['train_seconds']:.1f} s) "
+                f"-> {result.out}")
+    c = result.answer["best"]
+    return (f"{result.answer['selection']}: {c['selection_score']:.4f} ± {c['selection_std']:.4f}; test "
+            f"{result.answer['metric_name']} of the fold ensemble {c['test'][result.metric]:.4f} (n = "
+            f"{result.answer['n_test']}) -> {result.out} (summary.md, answer.json, runs/)")

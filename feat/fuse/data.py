@@ -11,13 +11,15 @@ With `missing="zero"` invalid rows stay; `prepare` zeroes them after standardisa
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import scipy.sparse as sp
 
 from feat.cache import FeatureCache, fingerprint_id
 from feat.errors import FeatError, InputError
+from feat.fuse.config import CVConfig
+from feat.fuse.folds import assign_folds, relabel
 
 SPLITS = ("train", "dev", "test")
 
@@ -28,21 +30,42 @@ class FusionData:
     ids: np.ndarray  # (n,) item ids
     split: np.ndarray  # (n,) train | dev | test
     y: np.ndarray  # (n,) int64 index into `classes`
-    classes: list[str]  # sorted train labels; for 2 classes the second is the positive class
+    classes: list[str]  # sorted train labels; for 2 classes the second is the positive class (--positive-label)
     matrices: dict[str, np.ndarray | sp.csr_matrix]  # raw cached rows, float32
     valid: dict[str, np.ndarray]  # (n,) bool per feature
     fingerprints: dict[str, dict]  # {"id": ..., "fingerprint": {...}} per feature
     report: dict = field(default_factory=dict)  # rows dropped and why, rows per split
     memo: dict = field(default_factory=dict)  # per-feature standardisation, shared by `select` views
+    groups: np.ndarray | None = None  # (n,) --group-col values: a group never straddles two CV folds
+    partition: str = "split"  # which train/dev partition `split` is: the data's own, or a CV fold (memo key)
 
     def rows(self, split: str) -> np.ndarray:
         return np.flatnonzero(self.split == split)
 
     def select(self, features: list[str]) -> "FusionData":
         """The same rows restricted to some of the loaded features (ablation runs share one load)."""
-        return FusionData(list(features), self.ids, self.split, self.y, self.classes,
-                          {f: self.matrices[f] for f in features}, {f: self.valid[f] for f in features},
-                          {f: self.fingerprints[f] for f in features}, self.report, self.memo)
+        return replace(self, features=list(features), matrices={f: self.matrices[f] for f in features},
+                       valid={f: self.valid[f] for f in features},
+                       fingerprints={f: self.fingerprints[f] for f in features})
+
+    def subset(self, rows: np.ndarray) -> "FusionData":
+        """The same features restricted to some rows (their statistics must come from elsewhere)."""
+        return replace(self, ids=self.ids[rows], split=self.split[rows], y=self.y[rows],
+                       matrices={f: m[rows] for f, m in self.matrices.items()},
+                       valid={f: v[rows] for f, v in self.valid.items()},
+                       groups=None if self.groups is None else self.groups[rows], memo={})
+
+    def with_partition(self, cv: CVConfig, index: int) -> "FusionData":
+        """The view whose train/dev are CV partition `index` (repeat index // K, fold index % K) of train+dev;
+        `cv.folds == 0` is the data's own split. Every configuration gets the same folds."""
+        if not cv.folds:
+            return self
+        key = ("folds", cv)
+        if key not in self.memo:
+            self.memo[key] = assign_folds(self.ids, self.split, self.y, self.groups, cv)
+        repeat, fold = divmod(index, cv.folds)
+        return replace(self, split=relabel(self.split, self.memo[key], repeat, fold),
+                       partition=f"cv{cv.folds}x{cv.repeats}s{cv.seed}g{cv.group_col}/{repeat}.{fold}")
 
     def items_digest(self) -> str:
         """Which items, in which split, with which label: part of a run's identity."""
@@ -57,8 +80,10 @@ MAX_CLASSES = 1000
 
 
 def load_data(cache_dir, features: list[str], label: str, missing: str = "drop",
-              valid_from: list[str] | None = None, classes: list[str] | None = None) -> FusionData:
-    """Read items and feature sets once. `classes` (from a saved run) pins the label order."""
+              valid_from: list[str] | None = None, classes: list[str] | None = None,
+              positive: str | None = None, group_col: str | None = None) -> FusionData:
+    """Read items and feature sets once. `classes` (from a saved run) pins the label order; `positive` names
+    the positive class of a binary task (it becomes the second class); `group_col` is read for CV folds."""
     if not features:
         raise InputError("no features given (e.g. --features minilm,effnet)")
     if len(set(features)) != len(features):
@@ -68,6 +93,9 @@ def load_data(cache_dir, features: list[str], label: str, missing: str = "drop",
     if label not in items.columns:
         extra = [c for c in items.columns if c not in ("id", "split", "text", "image", "image_path", "image_error")]
         raise InputError(f"label column '{label}' is not in the cache's items (columns: {', '.join(extra) or 'none'})")
+    if group_col is not None and group_col not in items.columns:
+        raise InputError(f"--group-col '{group_col}' is not in the cache's items (columns: "
+                         f"{', '.join(c for c in items.columns if c not in ('image_path', 'image_error'))})")
     matrices, valid, prints = {}, {}, {}
     item_ids = items["id"].to_numpy(dtype=object)
     for name in dict.fromkeys([*features, *(valid_from or [])]):
@@ -93,7 +121,7 @@ def load_data(cache_dir, features: list[str], label: str, missing: str = "drop",
     else:
         raise InputError(f"--missing must be drop or zero, not '{missing}'")
 
-    classes = classes or sorted(set(labels[keep & (split == "train")]))
+    classes = classes or _ordered_classes(sorted(set(labels[keep & (split == "train")])), positive, label)
     if len(classes) < 2:
         raise InputError(f"label '{label}' has {len(classes)} distinct value(s) in the train split; need at least 2")
     n_train = int((keep & (split == "train")).sum())
@@ -112,13 +140,27 @@ def load_data(cache_dir, features: list[str], label: str, missing: str = "drop",
     data = FusionData(list(features), items["id"].to_numpy(dtype=object)[index], split[index],
                       np.array([position[c] for c in labels[index]], dtype=np.int64), list(classes),
                       {f: m[index] for f, m in matrices.items()}, {f: v[index] for f, v in valid.items()},
-                      prints, report)
+                      prints, report,
+                      groups=items[group_col].fillna("").astype(str).to_numpy(dtype=object)[index] if group_col else None)
     report["rows"] = {s: int((data.split == s).sum()) for s in SPLITS}
     for s in SPLITS:
         if report["rows"][s] == 0:
             raise InputError(f"no labelled, usable rows in the {s} split (label '{label}'); "
                              "fusion needs train, dev (early stopping) and test")
     return data
+
+
+def _ordered_classes(classes: list[str], positive: str | None, label: str) -> list[str]:
+    """Sorted labels; for a binary task the positive class goes second (binary F1, AUROC and thresholds are
+    of the second class)."""
+    if positive is None:
+        return classes
+    if positive not in classes:
+        raise InputError(f"--positive-label '{positive}' is not a value of '{label}' in the train split "
+                         f"(values: {', '.join(classes[:10])})")
+    if len(classes) != 2:
+        raise InputError(f"--positive-label needs a binary label; '{label}' has {len(classes)} classes")
+    return [c for c in classes if c != positive] + [positive]
 
 
 def describe_report(report: dict) -> str:
@@ -148,9 +190,9 @@ def fit_stats(data: FusionData) -> dict[str, dict[str, np.ndarray]]:
     Memoised per feature: the runs of an ablation share them.
     """
     for f in data.features:
-        if ("stats", f) not in data.memo:
-            data.memo[("stats", f)] = _feature_stats(data, f)
-    return {f: data.memo[("stats", f)] for f in data.features}
+        if ("stats", f, data.partition) not in data.memo:
+            data.memo[("stats", f, data.partition)] = _feature_stats(data, f)
+    return {f: data.memo[("stats", f, data.partition)] for f in data.features}
 
 
 def _feature_stats(data: FusionData, f: str) -> dict[str, np.ndarray]:

@@ -40,3 +40,6 @@ class Gated(Head):
     def modality_weights(self, xs):
         projected = [p(x) for p, x in zip(self.project, xs)]
         return self._gates(projected).mean(dim=2).t()
+
+    def mixing_parameters(self):
+        return [self.gate.bias]

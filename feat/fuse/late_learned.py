@@ -16,3 +16,6 @@ class LateLearned(LateFusion):
 
     def modality_weights(self, xs):
         return torch.softmax(self.mix, dim=0).expand(xs[0].shape[0], -1)
+
+    def mixing_parameters(self):
+        return [self.mix]

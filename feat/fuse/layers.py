@@ -47,7 +47,8 @@ class Head(nn.Module):
     """A fusion head: `forward(xs)` maps one tensor per input to class logits.
 
     Subclasses set `min_inputs` / `max_inputs`; heads with learned modality weights override
-    `modality_weights` to return a (rows, inputs) tensor that is averaged into metrics.json.
+    `modality_weights` to return a (rows, inputs) tensor that is averaged into metrics.json, and
+    `mixing_parameters` to list the parameters that produce them.
     """
 
     min_inputs = 1
@@ -58,3 +59,7 @@ class Head(nn.Module):
 
     def modality_weights(self, xs: list[torch.Tensor]) -> torch.Tensor | None:
         return None
+
+    def mixing_parameters(self) -> list[nn.Parameter]:
+        """The few scalars that mix the inputs: trained at their own learning rate (--lr-weights)."""
+        return []

@@ -1,176 +1,284 @@
-"""The report of an ablation: summary.csv, summary.md, three plots and the `best` file.
+"""Stage 2, step 4 of 4: the files of an ablation folder from its Evaluation.
 
-Configurations (feature set x strategy) are ranked by their mean DEV metric over seeds; test numbers are
-shown beside it but never used to choose. Each configuration is compared with the best unimodal one (by dev)
-on the same test items with a paired bootstrap (see stats.py).
+summary.csv / summary.md (every configuration ranked by its selection score, never by test), answer.json
+(the machine-readable answer), importance.csv / robustness.csv, the plots (bars, heatmap, modality weights,
+importance, robustness) and `best`, a link to the winner's best run.
 """
 
 from __future__ import annotations
 
+import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from feat.errors import FeatError
 from feat.fuse import artifacts as art
-from feat.fuse.data import FusionData
-from feat.fuse.metrics import higher_is_better
-from feat.fuse.stats import BOOTSTRAP_METRICS, bootstrap_ci, mean_std, paired_bootstrap
+from feat.fuse import stats
+from feat.fuse.evaluate import IMAGE_ONLY, MULTIMODAL, TEXT_ONLY, Evaluation, best_of
+from feat.fuse.metrics import describe_metric, higher_is_better
 
-SUMMARY_CSV, SUMMARY_MD, BEST = "summary.csv", "summary.md", "best"
-PLOTS = ("bars.png", "heatmap.png", "modality_weights.png")
+SUMMARY_CSV, SUMMARY_MD, ANSWER, BEST = "summary.csv", "summary.md", "answer.json", "best"
+IMPORTANCE, ROBUSTNESS = "importance", "robustness"
+PLOTS = ("bars.png", "heatmap.png", "modality_weights.png", f"{IMPORTANCE}.png", f"{ROBUSTNESS}.png")
+COLOURS = {TEXT_ONLY: "tab:orange", IMAGE_ONLY: "tab:green", MULTIMODAL: "tab:blue"}
 
 
 @dataclass
 class Summary:
     out: Path  # the ablation folder
-    table: pd.DataFrame  # one row per configuration, ranked by dev
-    metric: str  # dev selection metric
-    test_metric: str  # metric of the test statistics (CI, paired test)
+    table: pd.DataFrame  # one row per configuration, ranked by selection score
+    metric: str  # selection metric (also the headline test metric)
     best_run: str  # run folder of the winner, relative to `out`
-    best_unimodal: str  # "features / strategy"
+    answer: dict  # as answer.json
     markdown: str
 
+    @property
+    def test_metric(self) -> str:
+        return self.metric
 
-def write_report(out: Path, results: pd.DataFrame, data: FusionData, metric: str) -> Summary:
-    k = len(data.classes)
-    test_metric = metric if metric in BOOTSTRAP_METRICS else ("f1" if k == 2 else "macro_f1")
-    test_rows = data.rows("test")
-    y = data.y[test_rows]
-    preds = {run: _test_predictions(out / run, data.ids[test_rows], data.classes) for run in results["run"]}
-    keys = list(dict.fromkeys(zip(results["features"], results["strategy"])))
-    groups = {key: results[(results["features"] == key[0]) & (results["strategy"] == key[1])] for key in keys}
 
-    table = []
-    for (features, strategy), g in groups.items():
-        dev_mean, dev_std = mean_std(g[f"dev_{metric}"].astype(float))
-        test_mean, test_std = mean_std(g[f"test_{test_metric}"].astype(float))
-        lo, hi = bootstrap_ci(y, np.stack([preds[r] for r in g["run"]]), k, test_metric)
-        table.append({"features": features, "strategy": strategy, "n_inputs": int(g["n_inputs"].iloc[0]),
-                      "runs": len(g), f"dev_{metric}_mean": dev_mean, f"dev_{metric}_std": dev_std,
-                      "dev_loss_mean": float(g["dev_loss"].mean()),
-                      f"test_{test_metric}_mean": test_mean, f"test_{test_metric}_std": test_std,
-                      "test_ci_low": lo, "test_ci_high": hi, "best_epoch_mean": float(g["best_epoch"].mean()),
-                      "seconds_mean": float(g["seconds"].mean())})
-    table = pd.DataFrame(table)
-    sign = -1 if higher_is_better(metric) else 1
-    # dev metric first; ties (common once dev saturates) go to the lower mean dev loss, never to test
-    order = np.lexsort((table["dev_loss_mean"].to_numpy(), sign * table[f"dev_{metric}_mean"].to_numpy()))
-    table = table.iloc[order].reset_index(drop=True)
-    table.insert(0, "rank", np.arange(1, len(table) + 1))
-
-    unimodal = table[table["n_inputs"] == 1]
-    reference = unimodal.iloc[0] if len(unimodal) else None
-    deltas, pvalues = [], []
-    for _, row in table.iterrows():
-        if reference is None or (row["features"], row["strategy"]) == (reference["features"], reference["strategy"]):
-            deltas.append(np.nan)
-            pvalues.append(np.nan)
-            continue
-        a = np.stack([preds[r] for r in groups[(row["features"], row["strategy"])]["run"]])
-        b = np.stack([preds[r] for r in groups[(reference["features"], reference["strategy"])]["run"]])
-        delta, p = paired_bootstrap(y, a, b, k, test_metric)
-        deltas.append(delta)
-        pvalues.append(p)
-    table["delta_vs_best_unimodal"] = deltas
-    table["p_value"] = pvalues
-
-    winner = groups[(table.iloc[0]["features"], table.iloc[0]["strategy"])]
-    best_run = winner.iloc[np.argsort(sign * winner[f"dev_{metric}"].to_numpy(), kind="stable")[0]]["run"]
-    best_unimodal = f"{reference['features']} / {reference['strategy']}" if reference is not None else ""
+def write_report(evaluation: Evaluation) -> Summary:
+    out, metric = Path(evaluation.spec.out), evaluation.metric
+    table = summary_table(evaluation)
+    best_run = _best_run(evaluation)
     art.write_csv(out / SUMMARY_CSV, table)
-    markdown = _markdown(table, metric, test_metric, best_run, best_unimodal, len(y), data.classes)
+    art.write_json(out / ANSWER, evaluation.answer)
+    for name, frame in ((IMPORTANCE, evaluation.importance), (ROBUSTNESS, evaluation.robustness)):
+        if frame is not None:
+            art.write_csv(out / f"{name}.csv", frame)
+    markdown = render_markdown(evaluation, table, best_run)
     art.atomic_write(out / SUMMARY_MD, lambda p: p.write_text(markdown))
-    art.atomic_write(out / BEST, lambda p: p.write_text(f"{best_run}\n"))
-    _plots(out, table, results, metric, test_metric)
-    return Summary(out, table, metric, test_metric, best_run, best_unimodal, markdown)
+    _link_best(out, best_run)
+    _plots(evaluation, table)
+    return Summary(out, table, metric, best_run, evaluation.answer, markdown)
 
 
-def _test_predictions(run_dir: Path, ids: np.ndarray, classes: list[str]) -> np.ndarray:
-    frame = pd.read_csv(run_dir / "predictions_test.csv", dtype={"id": str, "true": str, "pred": str},
-                        keep_default_na=False)
-    if not np.array_equal(frame["id"].to_numpy(dtype=object), ids):
-        raise FeatError(f"{run_dir}: its test items differ from the ablation's; delete the run folder to redo it")
-    position = {c: i for i, c in enumerate(classes)}
-    return np.array([position[c] for c in frame["pred"]], dtype=np.int64)
+def summary_table(evaluation: Evaluation) -> pd.DataFrame:
+    metric, configs, y = evaluation.metric, evaluation.configurations, evaluation.y_test
+    text, image = best_of(configs, TEXT_ONLY), best_of(configs, IMAGE_ONLY)
+    rows = []
+    for rank, c in enumerate(configs, 1):
+        lo, hi = np.nanpercentile(c.resampled, [2.5, 97.5])
+        row = {"rank": rank, "features": c.features, "strategy": c.strategy, "group": c.group,
+               "n_inputs": c.n_inputs, "runs": len(c.runs), "trial": c.trial,
+               f"val_{metric}_mean": c.selection, f"val_{metric}_std": c.selection_std, "val_loss_mean": c.val_loss,
+               "winner_probability": evaluation.winner_probability[c.name],
+               f"test_{metric}_mean": c.test[metric][0], f"test_{metric}_std": c.test[metric][1],
+               "test_ci_low": float(lo), "test_ci_high": float(hi)}
+        row.update({f"test_{m}_mean": mean for m, (mean, _) in c.test.items() if m != metric})
+        for name, other in (("text_only", text), ("image_only", image)):
+            same = other is None or other is c
+            paired = None if same else stats.paired_summary(
+                stats.observed(metric, y, c.test_prob) - stats.observed(metric, y, other.test_prob),
+                c.resampled - other.resampled)
+            row[f"delta_vs_best_{name}"] = np.nan if same else paired["delta"]
+            row[f"p_vs_best_{name}"] = np.nan if same else paired["p"]
+        row.update(best_epoch_mean=c.best_epoch, seconds_mean=c.seconds, **c.hyperparameters)
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
-def _markdown(table: pd.DataFrame, metric: str, test_metric: str, best_run: str, best_unimodal: str, n_test: int,
-              classes: list[str]) -> str:
-    def fmt(v, digits=3):
-        return "" if pd.isna(v) else f"{v:.{digits}f}"
+def _best_run(evaluation: Evaluation) -> str:
+    """The winner's run with the best validation score (its seed and fold)."""
+    winner = evaluation.configurations[0]
+    scores = winner.cells.ravel() * (1 if higher_is_better(evaluation.metric) else -1)
+    return winner.runs[int(np.nanargmax(scores)) if np.isfinite(scores).any() else 0]
 
-    lines = [f"| rank | features | strategy | runs | dev {metric} | test {test_metric} | test 95% CI | "
-             f"Δ test vs best unimodal | p |", "|---:|---|---|---:|---|---|---|---:|---:|"]
+
+def _link_best(out: Path, best_run: str) -> None:
+    """`best`: a relative symlink to the winning run folder, usable wherever a run folder is; a text file
+    holding its path where the file system has no symlinks."""
+    link = out / BEST
+    if link.is_symlink() or link.is_file():
+        link.unlink()
+    try:
+        os.symlink(best_run, link, target_is_directory=True)
+    except OSError:
+        art.atomic_write(link, lambda p: p.write_text(f"{best_run}\n"))
+
+
+def _fmt(value, digits: int = 3) -> str:
+    return "" if value is None or pd.isna(value) else f"{value:.{digits}f}"
+
+
+def _p(value) -> str:
+    return "" if value is None or pd.isna(value) else ("<0.001" if value < 0.001 else f"{value:.3f}")
+
+
+def _signed(value) -> str:
+    return "" if value is None or pd.isna(value) else f"{value:+.3f}"
+
+
+def _spread(mean, std, runs: int) -> str:
+    """mean ± std, without a spread that one value cannot have."""
+    return _fmt(mean) if runs < 2 or pd.isna(std) else f"{_fmt(mean)} ± {_fmt(std)}"
+
+
+def render_markdown(evaluation: Evaluation, table: pd.DataFrame, best_run: str) -> str:
+    a, metric, classes = evaluation.answer, evaluation.metric, evaluation.data.classes
+    name = describe_metric(metric, classes)
+    label = evaluation.spec.label
+    task = f"label `{label}`, {len(classes)} classes ({', '.join(classes)})"
+    if len(classes) == 2:
+        task += f", positive class `{classes[1]}`"
+    lines = [f"# Ablation summary: {task}", "", "## Does the image help?", "", *_answer_lines(a, name), "",
+             "## Every configuration", "",
+             f"| rank | features | strategy | group | runs | selection: val {metric} | P(first) | test {metric} "
+             f"[95% CI] | test f1 @0.5 | test f1 @tuned | Δ vs best text-only | p |",
+             "|---:|---|---|---|---:|---|---:|---|---:|---:|---:|---:|"]
     for _, r in table.iterrows():
-        p = "" if pd.isna(r["p_value"]) else ("<0.001" if r["p_value"] < 0.001 else f"{r['p_value']:.3f}")
-        delta = "" if pd.isna(r["delta_vs_best_unimodal"]) else f"{r['delta_vs_best_unimodal']:+.3f}"
-        lines.append(f"| {r['rank']} | {r['features']} | {r['strategy']} | {r['runs']} | "
-                     f"{fmt(r[f'dev_{metric}_mean'])} ± {fmt(r[f'dev_{metric}_std'])} | "
-                     f"{fmt(r[f'test_{test_metric}_mean'])} ± {fmt(r[f'test_{test_metric}_std'])} | "
-                     f"[{fmt(r['test_ci_low'])}, {fmt(r['test_ci_high'])}] | "
-                     f"{delta} | {p} |")
-    positive = f"; positive class '{classes[1]}'" if len(classes) == 2 and test_metric == "f1" else ""
+        lines.append(f"| {r['rank']} | {r['features']} | {r['strategy']} | {r['group']} | {r['runs']} | "
+                     f"{_spread(r[f'val_{metric}_mean'], r[f'val_{metric}_std'], r['runs'])} | "
+                     f"{_fmt(r['winner_probability'], 2)} | "
+                     f"{_fmt(r[f'test_{metric}_mean'])} [{_fmt(r['test_ci_low'])}, {_fmt(r['test_ci_high'])}] | "
+                     f"{_fmt(r.get('test_f1_mean'))} | {_fmt(r.get('test_f1_tuned_mean'))} | "
+                     f"{_signed(r['delta_vs_best_text_only'])} | "
+                     f"{_p(r['p_vs_best_text_only'])} |")
+    f1_class = f" of class `{classes[1]}`" if len(classes) == 2 else " (macro over classes)"
     notes = [
-        f"Ranked by mean dev {metric} over seeds, ties by mean dev loss (test is never used to choose). "
-        f"Mean ± std over seeds; the CI "
-        f"is a 95% percentile bootstrap over the {n_test} test items of the seed-averaged test {test_metric}"
-        f"{positive}.",
-        f"Δ and p: paired bootstrap (same resampled test items, 2000 draws) against the best unimodal "
-        f"configuration by dev, {best_unimodal}; two-sided p.",
-        f"Winner by dev: {table.iloc[0]['features']} / {table.iloc[0]['strategy']}; its best run: `{best_run}`.",
+        f"Selection: {a['selection']}; configurations are ranked by it (ties by validation loss), never by test. "
+        f"Spread: std over the {table['runs'].iloc[0]} runs (seeds x folds) of a configuration. P(first): the "
+        "share of bootstrap resamples of that evidence in which the configuration ranks first.",
+        f"Test: {a['test_rule']} (n = {a['n_test']} test items). CI: 95% percentile bootstrap over the test items. "
+        f"f1{f1_class} at the argmax decision (p >= 0.5) and at the threshold chosen on validation predictions only.",
+        f"Δ and p: {name} minus that of the best text-only configuration by selection score, paired bootstrap over "
+        f"the same test items, two-sided; {len(table) - 1} such comparisons are printed, so one p < 0.05 among them "
+        "is expected by chance: the answer above is the one comparison planned in advance.",
+        f"Best run of the winner: `{best_run}` (linked as `best`).",
     ]
-    return "# Ablation summary\n\n" + "\n".join(lines) + "\n\n" + "\n\n".join(notes) + "\n"
+    return "\n".join(lines) + "\n\n" + "\n\n".join(notes) + "\n"
 
 
-def _plots(out: Path, table: pd.DataFrame, results: pd.DataFrame, metric: str, test_metric: str) -> None:
+def _answer_lines(a: dict, name: str) -> list[str]:
+    multimodal, text, image = a["best_multimodal"], a["best_text_only"], a["best_image_only"]
+    if multimodal is None or text is None:
+        missing = "multimodal" if multimodal is None else "text-only"
+        return [f"Not answerable here: the ablation has no {missing} configuration (image_helps: null)."]
+    metric = a["metric"]
+
+    def who(c):
+        return f"{c['features']} / {c['strategy']} (test {name} {c['test'][metric]:.3f})"
+
+    def versus(key):
+        v = a[key]
+        cv = f"; on the CV folds Δ {v['cv']['delta']:+.3f}, corrected t-test p {_p(v['cv']['p'])}" if "cv" in v else ""
+        return (f"Δ {v['delta']:+.3f} [{_fmt(v['ci'][0])}, {_fmt(v['ci'][1])}], p {_p(v['p'])} "
+                f"(Holm {_p(v.get('p_holm'))}){cv}")
+
+    verdict = ("**Yes**: the best multimodal configuration beats the best text-only one on test (p < 0.05)."
+               if a["image_helps"] else
+               "**Not shown**: the best multimodal configuration does not beat the best text-only one significantly "
+               "on test (p >= 0.05, or it is worse); the data do not say that the image helps.")
+    lines = [verdict, "", f"- best multimodal: {who(multimodal)}", f"- best text-only: {who(text)}; multimodal "
+             f"minus text-only: {versus('vs_text_only')}"]
+    if image is not None:
+        lines.append(f"- best image-only: {who(image)}; multimodal minus image-only: {versus('vs_image_only')}")
+    lines.append(f"- overall winner by selection: {a['best']['features']} / {a['best']['strategy']}, first in "
+                 f"{a['winner_probability']:.0%} of bootstrap resamples of the selection evidence")
+    return lines
+
+
+def _plots(evaluation: Evaluation, table: pd.DataFrame) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    mean = table[f"test_{test_metric}_mean"].to_numpy()
-    labels = [f"{f} / {s}" for f, s in zip(table["features"], table["strategy"])]
-    fig, ax = plt.subplots(figsize=(7, 0.32 * len(table) + 1.2), dpi=100)
-    err = np.vstack([mean - table["test_ci_low"].to_numpy(), table["test_ci_high"].to_numpy() - mean])
-    colours = ["tab:grey" if n == 1 else "tab:blue" for n in table["n_inputs"]]
-    ax.barh(np.arange(len(table)), mean, xerr=np.maximum(err, 0), color=colours, capsize=3)
-    ax.set_yticks(np.arange(len(table)), labels, fontsize=7)
-    ax.invert_yaxis()
-    ax.set_xlabel(f"test {test_metric}, 95% bootstrap CI (ranked by dev; grey: unimodal)", fontsize=8)
-    fig.tight_layout()
-    art.atomic_write(out / PLOTS[0], lambda p: fig.savefig(p, format="png"))
+    from feat.fuse.attribution import importance_figure, robustness_figure
+
+    out, metric, classes = Path(evaluation.spec.out), evaluation.metric, evaluation.data.classes
+    name = describe_metric(metric, classes)
+    about = f"label '{evaluation.spec.label}'"
+    _bars(plt, out / PLOTS[0], table, metric, name, about, len(evaluation.y_test), classes)
+    _heatmap(plt, out / PLOTS[1], table, metric, name, about, classes)
+    _weights(plt, out / PLOTS[2], evaluation.results, about)
+    if evaluation.importance is not None:
+        importance_figure(evaluation.importance, out / PLOTS[3],
+                          f"{about}: drop of test {name} when one input is permuted or missing")
+        robustness_figure(evaluation.robustness, out / PLOTS[4],
+                          f"{about}: test {name} as test rows lose one input", _chance(metric, classes))
+
+
+def _chance(metric: str, classes: list[str]) -> float | None:
+    """The metric of a classifier that ignores its inputs (AUROC 0.5; log-loss of the uniform guess)."""
+    return {"auroc": 0.5, "loss": float(np.log(len(classes)))}.get(metric)
+
+
+def _save(plt, fig, path: Path) -> None:
+    art.atomic_write(path, lambda p: fig.savefig(p, format="png"))
     plt.close(fig)
 
-    grid = table.pivot_table(index="strategy", columns="features", values=f"test_{test_metric}_mean", sort=False)
-    fig, ax = plt.subplots(figsize=(1.6 * grid.shape[1] + 2.5, 0.4 * grid.shape[0] + 1.5), dpi=100)
-    image = ax.imshow(grid.to_numpy(dtype=float), cmap="viridis", aspect="auto")
+
+def _bars(plt, path, table, metric, name, about, n_test, classes) -> None:
+    mean = table[f"test_{metric}_mean"].to_numpy()
+    err = np.vstack([mean - table["test_ci_low"].to_numpy(), table["test_ci_high"].to_numpy() - mean])
+    fig, ax = plt.subplots(figsize=(8, 0.38 * len(table) + 1.8), dpi=150)
+    ax.barh(np.arange(len(table)), mean, xerr=np.maximum(err, 0), capsize=3,
+            color=[COLOURS.get(g, "tab:grey") for g in table["group"]])
+    ax.set_yticks(np.arange(len(table)), [f"{f} / {s}" for f, s in zip(table["features"], table["strategy"])],
+                  fontsize=8)
+    ax.invert_yaxis()
+    upper = max(1.0, float(np.nanmax(table["test_ci_high"]))) if metric != "loss" else None
+    ax.set_xlim(0, upper)
+    chance = _chance(metric, classes)
+    if chance is not None:
+        ax.axvline(chance, color="black", linestyle="--", linewidth=1, label=f"chance ({chance:.2f})")
+    for group, colour in COLOURS.items():
+        if (table["group"] == group).any():
+            ax.barh([np.nan], [np.nan], color=colour, label=group)
+    ax.legend(fontsize=8, loc="lower right")
+    ax.set_xlabel(f"test {name} (n = {n_test}), mean over seeds, 95% bootstrap CI", fontsize=9)
+    ax.set_title(f"{about}: configurations ranked by validation {metric} (top first)", fontsize=10)
+    fig.tight_layout()
+    _save(plt, fig, path)
+
+
+def _heatmap(plt, path, table, metric, name, about, classes) -> None:
+    grid = table.pivot_table(index="strategy", columns="features", values=f"val_{metric}_mean", sort=False)
+    values = grid.to_numpy(dtype=float)
+    low = _chance(metric, classes) if metric == "auroc" else 0.0
+    fig, ax = plt.subplots(figsize=(1.8 * grid.shape[1] + 3, 0.45 * grid.shape[0] + 2), dpi=150)
+    image = ax.imshow(values, cmap="viridis", aspect="auto", vmin=None if metric == "loss" else low,
+                      vmax=None if metric == "loss" else 1.0)
     ax.set_xticks(np.arange(grid.shape[1]), grid.columns, fontsize=8, rotation=20)
     ax.set_yticks(np.arange(grid.shape[0]), grid.index, fontsize=8)
-    for (i, j), v in np.ndenumerate(grid.to_numpy(dtype=float)):
-        if np.isfinite(v):
-            ax.text(j, i, f"{v:.3f}", ha="center", va="center", fontsize=7, color="white" if v < np.nanmean(grid.to_numpy(dtype=float)) else "black")
-    fig.colorbar(image, ax=ax, label=f"test {test_metric} (mean over seeds)")
+    ax.set_xlabel("feature set (inputs joined by +)", fontsize=9)
+    ax.set_ylabel("strategy (single: the unimodal baseline)", fontsize=9)
+    for (i, j), v in np.ndenumerate(values):
+        ax.text(j, i, "n/a" if not np.isfinite(v) else f"{v:.3f}", ha="center", va="center", fontsize=7,
+                color="grey" if not np.isfinite(v) else "white")
+    fig.colorbar(image, ax=ax, label=f"validation {name}, mean over runs")
+    ax.set_title(f"{about}: selection score of each strategy x feature set\n(n/a: that strategy does not take that "
+                 "many inputs)", fontsize=10)
     fig.tight_layout()
-    art.atomic_write(out / PLOTS[1], lambda p: fig.savefig(p, format="png"))
-    plt.close(fig)
+    _save(plt, fig, path)
 
+
+def _weights(plt, path, results, about) -> None:
     columns = [c for c in results.columns if c.startswith("test_weight_")]
     weighted = results.dropna(subset=columns, how="all") if columns else results.iloc[0:0]
-    fig, ax = plt.subplots(figsize=(7, 3.5), dpi=100)
+    fig, ax = plt.subplots(figsize=(8, 4), dpi=150)
     if len(weighted):
         means = weighted.groupby(["features", "strategy"], sort=False)[columns].mean()
         means.columns = [c.removeprefix("test_weight_") for c in columns]
         means.index = [f"{f} / {s}" for f, s in means.index]
-        means.plot.bar(ax=ax, rot=15, fontsize=7)
-        ax.set_ylabel("mean weight on test items", fontsize=8)
+        means.plot.bar(ax=ax, rot=15, fontsize=8)
+        n_inputs = max(len(f.split("+")) for f, _ in weighted.groupby(["features", "strategy"]).groups)
+        ax.axhline(1 / n_inputs, color="black", linestyle="--", linewidth=1, label="equal weights")
+        ax.set_ylabel("learned weight of each input\n(mean over test items and runs)", fontsize=9)
         ax.set_ylim(0, 1)
-        ax.legend(fontsize=7, loc="upper right")
+        ax.legend(fontsize=8, loc="upper right")
+        ax.set_title(f"{about}: how much each head's learned mixing relies on each input\n(weights only show what a "
+                     "head learned to mix; importance.png measures what the inputs are worth)", fontsize=9)
     else:
         ax.text(0.5, 0.5, "no strategy with learned modality weights in this ablation", ha="center", va="center")
         ax.set_axis_off()
     fig.tight_layout()
-    art.atomic_write(out / PLOTS[2], lambda p: fig.savefig(p, format="png"))
-    plt.close(fig)
+    _save(plt, fig, path)
+
+
+def read_answer(folder: Path) -> dict:
+    return json.loads((Path(folder) / ANSWER).read_text())

@@ -110,12 +110,19 @@ def paired_bootstrap(metric: str, y: np.ndarray, prob_a: np.ndarray, prob_b: np.
     For a lower-is-better metric (loss) the delta is still a minus b: negative means a is better."""
     delta = observed(metric, y, prob_a) - observed(metric, y, prob_b)
     draws = resamples(len(y), b, seed)
-    diffs = score_resamples(metric, y, prob_a, draws) - score_resamples(metric, y, prob_b, draws)
+    return paired_summary(delta, score_resamples(metric, y, prob_a, draws) - score_resamples(metric, y, prob_b, draws),
+                          level)
+
+
+def paired_summary(delta: float, diffs: np.ndarray, level: float = 0.95) -> dict:
+    """{"delta", "ci", "p"} from the observed difference and its paired resamples (NaN resamples dropped)."""
     diffs = diffs[np.isfinite(diffs)]
+    if not len(diffs):
+        return {"delta": float(delta), "ci": [float("nan")] * 2, "p": float("nan")}
     tail = (1 - level) / 2 * 100
-    p = min(1.0, 2 * min(float(np.mean(diffs <= 0)), float(np.mean(diffs >= 0)))) if len(diffs) else float("nan")
-    ci = [float(np.percentile(diffs, tail)), float(np.percentile(diffs, 100 - tail))] if len(diffs) else [np.nan] * 2
-    return {"delta": float(delta), "ci": ci, "p": p}
+    p = min(1.0, 2 * min(float(np.mean(diffs <= 0)), float(np.mean(diffs >= 0))))
+    return {"delta": float(delta), "ci": [float(np.percentile(diffs, tail)), float(np.percentile(diffs, 100 - tail))],
+            "p": p}
 
 
 def corrected_t_test(differences: np.ndarray, n_train: float, n_test: float) -> dict:
@@ -140,11 +147,15 @@ def winner_probability(scores: np.ndarray, metric: str, b: int = 2000, seed: int
     configuration on the same cells (fold x seed, or dev-item resamples already drawn); the cells are
     resampled with replacement, the same draw for every configuration, and each configuration's fraction of
     first places is returned (ties split). Configurations with a NaN cell never win that draw."""
+    draws = resamples(scores.shape[1], b, seed)
+    return first_place_rate(scores[:, draws].mean(-1), metric)
+
+
+def first_place_rate(resampled: np.ndarray, metric: str) -> np.ndarray:
+    """(configurations, B) resampled selection scores -> each configuration's share of first places (ties split;
+    a NaN never wins)."""
     sign = 1.0 if higher_is_better(metric) else -1.0
-    cells = scores.shape[1]
-    draws = resamples(cells, b, seed)
-    means = sign * scores[:, draws].mean(-1)  # (configurations, B)
-    means = np.where(np.isfinite(means), means, -np.inf)
+    means = np.where(np.isfinite(resampled), sign * resampled, -np.inf)
     best = means == means.max(axis=0, keepdims=True)
     return (best / best.sum(axis=0, keepdims=True)).mean(axis=1)
 

@@ -16,6 +16,9 @@ import scipy.sparse as sp
 from feat.cache import FeatureCache, FeatureRows
 
 
+MODALITY = {"a": "text", "b": "image", "s": "text"}  # what each toy input stands for in the answer
+
+
 def toy_features(n: int = 160, seed: int = 0, dims=(8, 6), sparse_dim: int = 30):
     """(frame of id/split/label, {name: matrix}) with the label carried jointly by `a` and `b`."""
     rng = np.random.default_rng(seed)
@@ -46,7 +49,7 @@ def write_toy_cache(root: str | Path, n: int = 160, seed: int = 0, invalid: dict
         valid[(invalid or {}).get(name, [])] = False
         reason = np.where(valid, "", "unreadable").astype(object)
         rows = FeatureRows(np.array(ids, dtype=object), np.array(ids, dtype=object), valid, reason, matrix)
-        fingerprint = {"encoder": f"toy-{name}", "model": "toy", "weights": f"seed{seed}", "preprocessing": {},
+        fingerprint = {"encoder": f"toy-{name}", "modality": MODALITY[name], "model": "toy", "weights": f"seed{seed}", "preprocessing": {},
                        "compute_dtype": "float32", "store_dtype": "float32", "feat_version": "test"}
         cache.commit_part(name, rows, fingerprint)
         cache.finalize(name, ids, ids, fingerprint, {}, f"toy-{name}")

@@ -91,12 +91,12 @@ def predict(head: nn.Module, inputs: Inputs, rows: np.ndarray) -> np.ndarray:
     return torch.cat(chunks).numpy() if chunks else np.zeros((0, 0), np.float32)
 
 
-def split_metrics(logits: np.ndarray, y: np.ndarray) -> tuple[dict, np.ndarray]:
+def split_metrics(logits: np.ndarray, y: np.ndarray, threshold: float | None = None) -> tuple[dict, np.ndarray]:
     """Metrics and softmax probabilities of one split from its logits."""
     t = torch.from_numpy(logits)
     prob = torch.softmax(t, dim=1).numpy()
     loss = nn.functional.cross_entropy(t, torch.from_numpy(y)).item()
-    return compute_metrics(y, prob.astype(np.float64), loss), prob
+    return compute_metrics(y, prob.astype(np.float64), loss, threshold), prob
 
 
 def class_weights(y: np.ndarray, n_classes: int) -> torch.Tensor:
@@ -138,12 +138,20 @@ def _fit_closed_form(head, cfg: TrainConfig, data: FusionData, inputs: Inputs, m
     return TrainResult(head, metric, 1, [row])
 
 
+def _parameter_groups(head, cfg: TrainConfig) -> list[dict]:
+    """The mixing scalars at --lr-weights without weight decay (decay would pull them back to equal weights),
+    everything else at --lr."""
+    mixing = head.mixing_parameters()
+    rest = [p for p in head.parameters() if all(p is not m for m in mixing)]
+    return [{"params": rest}] + ([{"params": mixing, "lr": cfg.lr_weights, "weight_decay": 0.0}] if mixing else [])
+
+
 def _fit_sgd(head, cfg: TrainConfig, data: FusionData, inputs: Inputs, metric: str,
              train_rows: np.ndarray, dev_rows: np.ndarray) -> TrainResult:
     y = torch.from_numpy(data.y)
     weight = class_weights(data.y[train_rows], len(data.classes)) if cfg.class_weights == "balanced" else None
     criterion = nn.CrossEntropyLoss(weight=weight)
-    optimizer = torch.optim.AdamW(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+    optimizer = torch.optim.AdamW(_parameter_groups(head, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
     steps_per_epoch = math.ceil(len(train_rows) / cfg.batch_size)
     total = cfg.epochs * steps_per_epoch
     warm = int(cfg.warmup * total)

@@ -28,3 +28,6 @@ class WeightedMean(Head):
     def modality_weights(self, xs):
         w = torch.sigmoid(self.scores)
         return (w / w.sum()).expand(xs[0].shape[0], -1)
+
+    def mixing_parameters(self):
+        return [self.scores]
