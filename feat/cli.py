@@ -280,6 +280,8 @@ def ablate(
     missing: Missing = "drop", standardize: Standardize = True, precision: Precision = "fp32",
     lr_weights: LrWeights = 0.05, positive_label: PositiveLabel = None, cv: Cv = 0, cv_repeats: CvRepeats = 1,
     group_col: GroupCol = None, tune: Tune = 0,
+    attribution: Annotated[bool, typer.Option(help="Permutation and missing-input importance of every multimodal "
+                                                   "configuration on test, and missing-modality robustness curves.")] = True,
 ):
     """Every strategy x feature set x seed (x fold x trial) plus unimodal baselines; answer.json (does the image
     help?), summary with CIs and paired tests, attribution, plots."""
@@ -288,7 +290,8 @@ def ablate(
 
     head, train, folds = _configs(locals())  # strategy and seed are set per run
     summary = run_ablation(AblateSpec(cache, [_split_features(f) for f in features], strategies, seeds, label,
-                                      out, head, train, workers, curves, folds, tune, positive_label))
+                                      out, head, train, workers, curves, folds, tune, positive_label,
+                                      attribution=attribution))
     typer.echo(summary.markdown)
     console.print(f"report: {summary.out / 'summary.md'}; best run: {summary.out / summary.best_run}")
 
@@ -328,8 +331,12 @@ def study(
     num_workers: Annotated[int, typer.Option(help="Image decoding worker processes during extraction.")] = 0,
     workers: Annotated[int, typer.Option(help="Ablation worker processes.")] = 2,
     force: Annotated[bool, typer.Option(help="Re-encode a feature set whose fingerprint changed.")] = False,
+    cv: Annotated[str, typer.Option("--cv", help="Folds over train+dev: auto (5 when train+dev has fewer than "
+                                                 "10,000 rows, else the data's own split) | K | 0.")] = "auto",
+    cv_repeats: CvRepeats = 1, group_col: GroupCol = None, tune: Tune = 0, positive_label: PositiveLabel = None,
 ):
-    """Unimodal vs multimodal on every available encoder: extract, ablate, report.md with answers, costs, figure."""
+    """Unimodal vs multimodal on every available encoder: extract, ablate, report.md and answer.json with the
+    answer to "does the image help?", costs, figure."""
     from feat.console import console
     from feat.data import Columns
     from feat.study import StudyConfig, run_study
@@ -339,7 +346,8 @@ def study(
         encoders=_split_features(encoders) if encoders is not None else None,
         strategies=_split_features(strategies) if strategies is not None else None, cache=cache,
         columns=Columns(id_col, text_col, image_col, split_col), image_root=image_root, device=device,
-        num_workers=num_workers, workers=workers, force=force))
+        num_workers=num_workers, workers=workers, force=force, cv=cv, cv_repeats=cv_repeats, group_col=group_col,
+        tune=tune, positive=positive_label))
     typer.echo(result.report.read_text())
     console.print(f"report: {result.report}; figure: {result.figure}", soft_wrap=True)
 

@@ -1,7 +1,7 @@
 """`feat demo`: the whole pipeline on the embedded synthetic dataset, offline.
 
 synthetic data -> `feat extract` (tfidf, minilm, effnet) -> `feat ablate` (every strategy on minilm+effnet,
-unimodal baselines on each, 3 seeds) -> the ranked summary and the fusion-vs-unimodal comparison. The task
+unimodal baselines on each, 3 seeds x 5 CV folds) -> answer.json and the ranked summary. The task
 is built so that text alone (mood) and image alone (shape) each reach about half of the labels.
 """
 
@@ -15,9 +15,12 @@ from feat.console import console
 TEXT, IMAGE = "minilm", "effnet"
 
 
-def run_demo(out: Path, rows: int = 600, seeds: int = 3, workers: int = 2) -> None:
+def run_demo(out: Path, rows: int = 600, seeds: int = 3, workers: int = 2, folds: int = 5) -> None:
     from feat.extract.runner import ExtractConfig, extract
     from feat.fuse.ablate import AblateSpec, run_ablation
+    from feat.fuse.artifacts import write_json
+    from feat.fuse.config import CVConfig
+    from feat.fuse.report import ANSWER
     from feat.synthetic import make_synthetic_dataset
 
     start = time.perf_counter()
@@ -34,23 +37,25 @@ def run_demo(out: Path, rows: int = 600, seeds: int = 3, workers: int = 2) -> No
                   f"`feat info {report.cache}`")
 
     summary = run_ablation(AblateSpec(report.cache, [[TEXT], [IMAGE], [TEXT, IMAGE]], ["all"], seeds, "label",
-                                      out / "ablation", workers=workers))
+                                      out / "ablation", workers=workers, cv=CVConfig(folds)))
     console.print(summary.markdown, markup=False, soft_wrap=True)
+    write_json(out / ANSWER, summary.answer)
     console.print(_comparison(summary), markup=False, soft_wrap=True)
-    console.print(f"report: {summary.out / 'summary.md'} (plots bars.png, heatmap.png, modality_weights.png); "
+    console.print(f"answer: {out / ANSWER}; report: {summary.out / 'summary.md'} (plots bars.png, heatmap.png, "
+                  "modality_weights.png, importance.png, robustness.png); "
                   f"best run: {summary.out / summary.best_run}; demo took {time.perf_counter() - start:.0f} s")
 
 
 def _comparison(summary) -> str:
-    """The dev-chosen fusion configuration against the text-only and image-only baselines, on test."""
-    table, m = summary.table, f"test_{summary.test_metric}_mean"
-    fusion = table[table["n_inputs"] > 1].iloc[0]
-    text = table[(table["features"] == TEXT) & (table["strategy"] == "single")].iloc[0]
-    image = table[(table["features"] == IMAGE) & (table["strategy"] == "single")].iloc[0]
-    beats = fusion[m] > text[m] and fusion[m] > image[m]
-    p = "p < 0.001" if fusion["p_value"] < 0.001 else f"p = {fusion['p_value']:.3f}"
-    verdict = "fusion beats text-only and image-only" if beats else "fusion does NOT beat both unimodal baselines"
-    return (f"{verdict}: {fusion['strategy']} on {fusion['features']} (best fusion by dev) test "
-            f"{summary.test_metric} {fusion[m]:.3f} [{fusion['test_ci_low']:.3f}, {fusion['test_ci_high']:.3f}] "
-            f"vs text-only {TEXT} {text[m]:.3f} vs image-only {IMAGE} {image[m]:.3f} (mean of "
-            f"{int(fusion['runs'])} seeds; {p} against the best unimodal by dev, paired bootstrap)")
+    """The answer of answer.json in one sentence."""
+    a = summary.answer
+    if a["vs_text_only"] is None:
+        return "no comparison: the ablation has no multimodal or no text-only configuration"
+    m, v, w = a["metric"], a["vs_text_only"], a["vs_image_only"]
+    best, text, image = a["best_multimodal"], a["best_text_only"], a["best_image_only"]
+    p = "p < 0.001" if v["p"] < 0.001 else f"p = {v['p']:.3f}"
+    verdict = "the image helps" if a["image_helps"] else "the image does NOT help significantly"
+    return (f"image_helps = {str(a['image_helps']).lower()} ({verdict}): {best['strategy']} on {best['features']} "
+            f"(best multimodal by validation) test {a['metric_name']} {best['test'][m]:.3f} vs text-only "
+            f"{text['features']} {text['test'][m]:.3f} ({p}, paired bootstrap over {a['n_test']} test items) vs "
+            f"image-only {image['features']} {image['test'][m]:.3f} (p = {w['p']:.3f})")

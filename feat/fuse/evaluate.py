@@ -88,7 +88,7 @@ def evaluate(spec: AblateSpec, results: pd.DataFrame, data: FusionData, metric: 
     for c in configs:
         c.resampled = stats.score_resamples(metric, y, c.test_prob, draws)
     winner = _winner_probability(spec, configs, data, metric)
-    importance, robustness = _attribution(spec, configs, data, metric, modality)
+    importance, robustness = _attribution(spec, configs, data, metric, modality) if spec.attribution else (None, None)
     answer = _answer(spec, configs, results, data, metric, y, winner)
     return Evaluation(spec, data, metric, results, configs, y, answer, importance, robustness, winner)
 

@@ -34,6 +34,7 @@ class AblateSpec:
     tune: int = 0  # hyperparameter trials per configuration, chosen on validation (0 or 1: the given values)
     positive: str | None = None  # positive class of a binary label
     baselines: bool = True  # add the unimodal baselines of every input (`feat fuse --cv` runs one configuration)
+    attribution: bool = True  # permutation / missing-input importance and robustness curves of multimodal heads
 
 
 def resolve_strategies(names: list[str]) -> list[str]:

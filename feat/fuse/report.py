@@ -34,6 +34,7 @@ class Summary:
     best_run: str  # run folder of the winner, relative to `out`
     answer: dict  # as answer.json
     markdown: str
+    evaluation: Evaluation  # every configuration's test probabilities and resampled scores
 
     @property
     def test_metric(self) -> str:
@@ -53,7 +54,7 @@ def write_report(evaluation: Evaluation) -> Summary:
     art.atomic_write(out / SUMMARY_MD, lambda p: p.write_text(markdown))
     _link_best(out, best_run)
     _plots(evaluation, table)
-    return Summary(out, table, metric, best_run, evaluation.answer, markdown)
+    return Summary(out, table, metric, best_run, evaluation.answer, markdown, evaluation)
 
 
 def summary_table(evaluation: Evaluation) -> pd.DataFrame:

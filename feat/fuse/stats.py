@@ -18,7 +18,7 @@ from scipy import stats as scipy_stats
 from feat.fuse.metrics import higher_is_better
 
 DECISION_METRICS = ("accuracy", "f1", "macro_f1")
-EPS = 1e-15  # sklearn's log_loss clipping
+EPS = np.finfo(np.float64).eps  # sklearn's log_loss clipping
 
 
 def mean_std(values) -> tuple[float, float]:

@@ -6,6 +6,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from feat.data import Columns
+from feat.errors import InputError
+
+AUTO_CV_ROWS = 10_000  # --cv auto: 5-fold CV below this many train+dev rows (its cost: 5x the runs)
 
 
 @dataclass
@@ -26,6 +29,20 @@ class StudyConfig:
     num_workers: int = 0  # image decoding processes during extraction
     force: bool = False  # re-encode a feature set whose fingerprint changed instead of stopping
     workers: int = 2  # ablation worker processes
+    cv: str = "auto"  # folds over train+dev: auto = 5 below AUTO_CV_ROWS train+dev rows, else the data's split; or K
+    cv_repeats: int = 1  # reshuffles of the K folds
+    group_col: str | None = None  # rows sharing this column's value stay in one fold
+    tune: int = 0  # hyperparameter trials per configuration, chosen on validation data
+    positive: str | None = None  # positive class of a binary label
+
+    def folds(self, train_and_dev_rows: int) -> int:
+        """K for this data: on a small set a dev-selected winner is mostly noise, so `auto` cross-validates."""
+        if self.cv == "auto":
+            return 5 if train_and_dev_rows < AUTO_CV_ROWS else 0
+        try:
+            return int(self.cv)
+        except ValueError:
+            raise InputError(f"--cv takes auto or a number of folds, not '{self.cv}'") from None
 
     @property
     def cache_dir(self) -> Path:

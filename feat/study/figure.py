@@ -1,6 +1,6 @@
 """The study's figure: test metric with its 95% CI per configuration, grouped text / image / fusion / joint.
 
-Within a group the configurations keep the dev ranking (best first, and drawn solid: it is the group's
+Within a group the configurations keep the selection ranking (best first, and drawn solid: it is the group's
 answer); the dashed line is the best text-only configuration's test mean, the bar every multimodal
 configuration has to clear for the image to have helped.
 """
@@ -49,7 +49,7 @@ def draw(path: Path, table: pd.DataFrame, test_metric: str, dev_metric: str, tit
     ax.set_ylim(len(rows) - 0.4, -0.6)  # top to bottom, with room for the last line's text
     ax.tick_params(axis="y", length=0)
     ax.set_xlabel(f"test {test_metric} (mean over seeds, 95% bootstrap CI over test items); "
-                  f"* = best of its group by dev {dev_metric}", fontsize=7)
+                  f"* = best of its group by validation {dev_metric}", fontsize=7)
     ax.tick_params(axis="x", labelsize=7)
     ax.set_title(title, fontsize=9, loc="left")
     ax.spines[["top", "right"]].set_visible(False)

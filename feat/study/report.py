@@ -33,6 +33,7 @@ class ReportInput:
     test_metric: str
     figure: str  # file name of the figure, beside report.md
     command: str  # how to reproduce
+    answer: dict  # the ablation's answer.json
 
 
 def render(r: ReportInput) -> str:
@@ -56,13 +57,13 @@ def _p(value: float) -> str:
 
 
 def _scores(row: pd.Series, r: ReportInput) -> str:
-    d, t = f"dev_{r.dev_metric}", f"test_{r.test_metric}"
+    d, t = f"val_{r.dev_metric}", f"test_{r.test_metric}"
     return (f"{_num(row[f'{d}_mean'])} ± {_num(row[f'{d}_std'])} | {_num(row[f'{t}_mean'])} ± "
             f"{_num(row[f'{t}_std'])} | [{_num(row['test_ci_low'])}, {_num(row['test_ci_high'])}]")
 
 
 def _answers(r: ReportInput) -> str:
-    lines = ["## Answers", "", f"| question | configuration | runs | dev {r.dev_metric} | test {r.test_metric} | "
+    lines = ["## Answers", "", f"| question | configuration | runs | validation {r.dev_metric} | test {r.test_metric} | "
              "test 95% CI |", "|---|---|---:|---|---|---|"]
     for group in GROUPS:
         row = r.best[group]
@@ -72,21 +73,31 @@ def _answers(r: ReportInput) -> str:
             lines.append(f"| {QUESTIONS[group]} | {name(row)} | {row['runs']} | {_scores(row, r)} |")
     empty = [f"- {QUESTIONS[g]}: {_cell(r.missing[g].full())}" for g in GROUPS if r.best[g] is None]
     lines += [""] + empty + ([""] if empty else [])
-    lines += ["Each answer is the group's best configuration by mean dev metric over seeds (ties: lower dev "
-              "loss); test is reported, never used to choose. ± is the standard deviation over seeds; the CI is "
-              "a 95% percentile bootstrap over the test items of the seed-averaged test metric."]
+    lines += [f"Each answer is the group's best configuration by its selection score ({r.answer['selection']}; "
+              "ties: lower validation loss); test is reported, never used to choose. ± is the standard deviation "
+              f"over runs; test: {r.answer['test_rule']}; the CI is a 95% percentile bootstrap over the test items."]
     return "\n".join(lines)
 
 
 def _image_helps(r: ReportInput) -> str:
-    c = r.comparison
-    if c.reason:
-        return f"## Does the image help?\n\nNo paired test: {c.reason}."
-    lines = [f"## Does the image help?\n\nBest multimodal configuration by dev, **{c.multimodal}**, against the "
-             f"best text-only, **{c.text_only}**: Δ test {r.test_metric} = {c.delta:+.3f}, p = {_p(c.p_value)} "
-             f"({_verdict(c)}). Paired bootstrap (feat.fuse.stats.paired_bootstrap): 2,000 resamples of the "
-             f"{c.n_test} test items, the same items for both, each configuration's predictions averaged over "
-             "its seeds; two-sided p."]
+    c, a = r.comparison, r.answer
+    if c.reason or a["vs_text_only"] is None:
+        return f"## Does the image help?\n\nNo paired test: {c.reason or 'no multimodal or no text-only configuration'}."
+    v = a["vs_text_only"]
+    answer = "**yes**" if a["image_helps"] else "**not shown** (the data do not say that it helps)"
+    lines = [f"## Does the image help?\n\nAnswer: {answer}. Best multimodal configuration by selection score, "
+             f"**{c.multimodal}**, against the best text-only, **{c.text_only}**: Δ test {a['metric_name']} = "
+             f"{v['delta']:+.3f} [95% CI {_num(v['ci'][0])}, {_num(v['ci'][1])}], p = {_p(v['p'])} ({_verdict(c)})"
+             + (f"; on the CV folds Δ {v['cv']['delta']:+.3f}, Nadeau-Bengio corrected t-test p = "
+                f"{_p(v['cv']['p'])}" if 'cv' in v else "")
+             + f". Paired bootstrap: 2,000 resamples of the {c.n_test} test items, the same items for both; "
+             "two-sided p. `answer.json` holds these numbers."]
+    if a["vs_image_only"] is not None:
+        w = a["vs_image_only"]
+        lines.append(f"Against the best image-only configuration, {a['best_image_only']['features']} / "
+                     f"{a['best_image_only']['strategy']}: Δ {w['delta']:+.3f}, p = {_p(w['p'])}.")
+    lines.append(f"The overall winner by selection score ranks first in {a['winner_probability']:.0%} of bootstrap "
+                 "resamples of the selection evidence.")
     close = close_call(r.table, "text-only", r.dev_metric)
     if r.other_text:
         others = "; ".join(f"{o.text_only}: Δ {o.delta:+.3f}, p = {_p(o.p_value)} ({_verdict(o)})"
@@ -102,7 +113,7 @@ def _verdict(c: Comparison) -> str:
 
 
 def _configurations(r: ReportInput) -> str:
-    lines = ["## All configurations", "", f"| group | dev rank | features | strategy | runs | dev {r.dev_metric} | "
+    lines = ["## All configurations", "", f"| group | rank | features | strategy | runs | validation {r.dev_metric} | "
              f"test {r.test_metric} | test 95% CI | train s / run |", "|---|---:|---|---|---:|---|---|---|---:|"]
     for group in GROUPS:
         for _, row in r.table[r.table["group"] == group].iterrows():

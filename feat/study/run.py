@@ -21,7 +21,8 @@ from feat.study.extraction import Outcome, extract_all, skipped_pairs
 from feat.study.grid import feature_sets, group_of
 from feat.study.preset import IMAGE, JOINT, TEXT, Lineup, Preset, get_preset, lineup
 
-REPORT, FIGURE, CONFIGURATIONS, ABLATION = "report.md", "study.png", "configurations.csv", "ablation"
+REPORT, FIGURE, CONFIGURATIONS, ABLATION, ANSWER = ("report.md", "study.png", "configurations.csv", "ablation",
+                                                    "answer.json")
 
 
 @dataclass
@@ -40,7 +41,7 @@ class StudyResult:
 def run_study(config: StudyConfig) -> StudyResult:
     preset = get_preset(config.preset)
     team = lineup(preset, config.encoders, config.models)
-    _check_label(config)
+    pool_rows = _check_label(config)
     Path(config.out).mkdir(parents=True, exist_ok=True)
     outcomes = extract_all(config, team.encoders)
     costs = update_costs(Path(config.out), outcomes, _device(config.device))
@@ -48,7 +49,7 @@ def run_study(config: StudyConfig) -> StudyResult:
     if not available:
         raise FeatError("no encoder of the study could be loaded: "
                         + "; ".join(f"{what}: {why}" for what, _, why in _skipped(team, outcomes)))
-    summary = _ablate(config, preset, team, available)
+    summary = _ablate(config, preset, team, available, config.folds(pool_rows))
     return _write(config, preset, team, outcomes, [costs[e.feature] for e in team.encoders if e.feature in costs],
                   summary)
 
@@ -56,7 +57,7 @@ def run_study(config: StudyConfig) -> StudyResult:
 def _write(config: StudyConfig, preset: Preset, team: Lineup, outcomes: list[Outcome], costs: list[Cost],
            summary) -> StudyResult:
     """configurations.csv, study.png and report.md from the ablation's summary and the extraction outcomes."""
-    from feat.fuse.artifacts import atomic_write, write_csv
+    from feat.fuse.artifacts import atomic_write, write_csv, write_json
 
     out = Path(config.out)
     results = pd.read_csv(out / ABLATION / "results.csv", dtype={"features": str, "strategy": str, "run": str})
@@ -67,21 +68,23 @@ def _write(config: StudyConfig, preset: Preset, team: Lineup, outcomes: list[Out
     missing = answers.missing_reasons(team, {o.encoder.feature for o in outcomes if o.available},
                                       {o.encoder.feature: o.reason for o in outcomes if not o.available},
                                       skipped_pairs(team.duals, outcomes))
-    comparison = answers.compare(out / ABLATION, results, best, summary.test_metric)
-    other_text = answers.compare_other_text(out / ABLATION, results, table, best, summary.test_metric)
+    comparison = answers.compare(summary.evaluation, best)
+    other_text = answers.compare_other_text(summary.evaluation, table, best)
     write_csv(out / CONFIGURATIONS, table)
+    write_json(out / ANSWER, summary.answer)
     figure.draw(out / FIGURE, table, summary.test_metric, summary.metric,
                 f"{_dataset(config)}, label '{config.label}'", missing)
     text = report.render(report.ReportInput(
         _title(config), _setup(config, preset, out, results), table, best, missing, comparison, other_text, costs,
         skipped,
-        summary.metric, summary.test_metric, FIGURE, _command(config)))
+        summary.metric, summary.test_metric, FIGURE, _command(config), summary.answer))
     atomic_write(out / REPORT, lambda p: p.write_text(text))
     return StudyResult(out, out / REPORT, out / FIGURE, table, best, comparison, other_text, costs, skipped)
 
 
-def _check_label(config: StudyConfig) -> None:
-    """A misspelt label would otherwise surface after every encoder has run (minutes to hours)."""
+def _check_label(config: StudyConfig) -> int:
+    """A misspelt label would otherwise surface after every encoder has run (minutes to hours). Returns the
+    number of train+dev rows (what `--cv auto` decides on)."""
     from feat.data import load_table
 
     table = load_table(config.data, config.columns, config.image_root)
@@ -90,6 +93,7 @@ def _check_label(config: StudyConfig) -> None:
                                                              "image_error")]
         raise InputError(f"label column '{config.label}' is not in {config.data} (columns: "
                          f"{', '.join(extra) or 'none'})")
+    return int((table.frame["split"] != "test").sum())
 
 
 def _device(spec: str) -> str:
@@ -109,15 +113,25 @@ def _skipped(team: Lineup, outcomes: list[Outcome]) -> list[tuple[str, str, str]
     return rows + [(pair, "dual-encoder pair (joint)", why) for pair, why in skipped_pairs(team.duals, outcomes)]
 
 
-def _ablate(config: StudyConfig, preset: Preset, team: Lineup, available: set[str]):
+def _ablate(config: StudyConfig, preset: Preset, team: Lineup, available: set[str], folds: int):
     from feat.fuse.ablate import AblateSpec, run_ablation
+    from feat.fuse.config import CVConfig
 
     sets = feature_sets(team, available)
-    console.print(f"study: {len(sets)} feature sets x {config.seeds or preset.seeds} seeds, strategies "
+    console.print(f"study: {len(sets)} feature sets x {config.seeds or preset.seeds} seeds"
+                  f"{f' x {folds} folds' if folds else ''}, strategies "
                   f"{', '.join(config.strategies or preset.strategies)} on the multi-input ones", soft_wrap=True)
     return run_ablation(AblateSpec(config.cache_dir, sets, list(config.strategies or preset.strategies),
                                    config.seeds or preset.seeds, config.label, Path(config.out) / ABLATION,
-                                   workers=config.workers, curves=False))
+                                   workers=config.workers, curves=False,
+                                   cv=CVConfig(folds, config.cv_repeats, config.group_col), tune=config.tune,
+                                   positive=config.positive))
+
+
+def summary_selection(out: Path) -> str:
+    from feat.fuse.report import read_answer
+
+    return read_answer(out / ABLATION)["selection"]
 
 
 def _dataset(config: StudyConfig) -> str:
@@ -141,8 +155,9 @@ def _setup(config: StudyConfig, preset: Preset, out: Path, results: pd.DataFrame
             f"Fusion strategies on every multi-input set: {', '.join(config.strategies or preset.strategies)}; "
             f"{config.seeds or preset.seeds} seeds per configuration; heads of `feat ablate` with its defaults "
             f"(lr {train['lr']}, batch {train['batch_size']}, at most {train['epochs']} epochs, early stopping on "
-            f"dev {run['metric']} with patience {train['patience']}), on frozen features from the cache "
+            f"validation {run['metric']} with patience {train['patience']}), on frozen features from the cache "
             f"`{config.cache_dir}`.",
+            f"Selection: {summary_selection(out)}.",
             f"Full ablation (per-run folders, summary.md, plots): `{out / ABLATION}`."]
 
 
@@ -159,4 +174,8 @@ def _command(config: StudyConfig) -> str:
         parts += ["--strategies", ",".join(config.strategies)]
     if config.cache is not None:
         parts += ["--cache", str(config.cache)]
+    if config.cv != "auto":
+        parts += ["--cv", str(config.cv)]
+    if config.tune:
+        parts += ["--tune", str(config.tune)]
     return shlex.join(parts)
