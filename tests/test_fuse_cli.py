@@ -34,7 +34,9 @@ def test_fuse_writes_a_complete_run_and_evaluate_reproduces_it(cache, tmp_path):
     assert result.exit_code == 0, result.output
     assert {p.name for p in out.iterdir()} == RUN_FILES
     metrics = json.loads((out / "metrics.json").read_text())
-    assert set(metrics) == {"dev", "test", "best_epoch", "seed", "train_seconds"}
+    assert set(metrics) == {"dev", "test", "best_epoch", "seed", "train_seconds", "metric", "positive_class"}
+    assert metrics["metric"] == "auroc" and metrics["positive_class"] == "yes"
+    assert 0 <= metrics["dev"]["threshold"] <= 1 and "f1_tuned" in metrics["test"]
     for split in ("dev", "test"):
         assert {"accuracy", "f1", "macro_f1", "weighted_f1", "precision", "recall", "auroc", "confusion_matrix",
                 "n"} <= set(metrics[split])
@@ -43,9 +45,10 @@ def test_fuse_writes_a_complete_run_and_evaluate_reproduces_it(cache, tmp_path):
     assert list(predictions.columns) == ["id", "true", "pred", "p_no", "p_yes"]
     assert len(predictions) == metrics["test"]["n"]
     history = pd.read_csv(out / "history.csv")
-    assert {"epoch", "train_loss", "dev_f1"} <= set(history.columns)
+    assert {"epoch", "train_loss", "dev_auroc"} <= set(history.columns)
     config = json.loads((out / "config.json").read_text())
-    assert config["classes"] == ["no", "yes"] and config["metric"] == "f1"
+    assert config["classes"] == ["no", "yes"] and config["metric"] == "auroc" and config["positive_class"] == "yes"
+    assert "f1 of class 'yes'" in result.output and "AUROC" in result.output
     assert set(config["fingerprints"]) == {"a", "b"}
     assert config["head"]["strategy"] == "weighted_mean" and config["head"]["common_dim"] == 16
     assert (config["train"]["epochs"], config["train"]["batch_size"], config["train"]["lr"]) == (4, 32, 3e-3)
@@ -95,14 +98,14 @@ def test_ablate_grid_report_and_resume(cache, tmp_path):
         ("b", "single"), ("b", "logreg")}
     summary = pd.read_csv(out / "summary.csv")
     assert list(summary["rank"]) == list(range(1, 8))
-    dev = summary["dev_f1_mean"].to_numpy()
-    assert (dev[:-1] >= dev[1:]).all(), "ranked by dev"
-    assert summary["p_value"].isna().sum() == 1  # the best unimodal config is the reference of the tests
-    for name in ("summary.md", "bars.png", "heatmap.png", "modality_weights.png", "best"):
+    val = summary["val_auroc_mean"].to_numpy()
+    assert (val[:-1] >= val[1:]).all(), "ranked by the validation score"
+    assert summary["p_vs_best_text_only"].isna().sum() == 1  # the best text-only config is the reference
+    for name in ("summary.md", "answer.json", "importance.csv", "robustness.csv", "bars.png", "heatmap.png",
+                 "modality_weights.png", "importance.png", "robustness.png"):
         assert (out / name).exists(), name
-    best = (out / "best").read_text().strip()
-    assert (out / best / "metrics.json").exists()
-    assert "| rank |" in result.stdout
+    assert (out / "best").is_symlink() and (out / "best" / "metrics.json").exists()
+    assert "| rank |" in result.stdout and "Does the image help?" in result.stdout
 
     # a killed ablation: one run lost its metrics.json -> only that run is redone
     lost = out / results["run"][3]

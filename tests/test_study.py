@@ -43,11 +43,11 @@ def models(tiny_model):
             "hf-vision": str(tiny_model("resnet")), "vilt": str(tiny_model("vilt"))}
 
 
-def config(data, out, models, seeds=2, strategies=("concat", "late_mean"), **kwargs) -> StudyConfig:
+def config(data, out, models, seeds=2, strategies=("concat", "late_mean"), cv="3", **kwargs) -> StudyConfig:
     return StudyConfig(data=data, label="label", out=out,
                        encoders=["deberta", "hf-text", "tfidf", "clip-image", "hf-vision", "vilt"],
                        models={**models, "clip-image": HUB_ONLY}, seeds=seeds, strategies=list(strategies),
-                       workers=1, **kwargs)
+                       workers=1, cv=cv, **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +84,7 @@ def test_groups_keep_the_dev_ranking(study):
     for group, best in study[0].best.items():
         members = table[table["group"] == group]
         assert best["rank"] == members["rank"].min()
-        assert best["dev_macro_f1_mean"] == members["dev_macro_f1_mean"].max()
+        assert best["val_auroc_mean"] == members["val_auroc_mean"].max()
     assert set(table[table["group"] == FUSION]["strategy"]) == {"concat", "late_mean"}
 
 
@@ -97,13 +97,16 @@ def test_paired_test_is_best_multimodal_against_best_text_only(study):
     assert c.multimodal == f"{top['features']} / {top['strategy']}" and c.text_only == f"{text} / single"
     assert [(o.multimodal, o.text_only) for o in result.other_text] == [(c.multimodal, f"{other} / single")]
     # The observed difference is that of the seed-mean test metrics in the ablation's own summary.
-    mean = "test_macro_f1_mean"
+    mean = "test_auroc_mean"
     for comparison, baseline in ((c, text), (result.other_text[0], other)):
         expected = table.loc[(top["features"], top["strategy"]), mean] - table.loc[(baseline, "single"), mean]
         assert comparison.delta == pytest.approx(expected, abs=1e-9)
         assert 0 <= comparison.p_value <= 1 and comparison.n_test == 9
     report = result.report.read_text()
-    assert f"Δ test macro_f1 = {c.delta:+.3f}" in report
+    answer = json.loads((study[1] / "answer.json").read_text())
+    assert answer["vs_text_only"]["delta"] == pytest.approx(c.delta)
+    assert f"Δ test macro one-vs-rest AUROC = {c.delta:+.3f}" in report
+    assert "3-fold CV over train+dev" in report
     delta = result.other_text[0].delta
     assert f"Against the other text-only configurations: {other} / single: Δ {delta:+.3f}" in report
 
@@ -164,14 +167,23 @@ def test_no_joint_encoder_and_no_pair_says_none_available_with_reasons(data, mod
     assert "No paired test: no multimodal configuration to compare." in text
 
 
+def test_cv_auto_cross_validates_small_data_only():
+    assert StudyConfig(data="d", label="l", out="o").folds(4_059) == 5
+    assert StudyConfig(data="d", label="l", out="o").folds(50_000) == 0
+    assert StudyConfig(data="d", label="l", out="o", cv="10").folds(100) == 10
+    with pytest.raises(InputError, match="--cv takes auto"):
+        StudyConfig(data="d", label="l", out="o", cv="many").folds(100)
+
+
 def test_close_call_flags_a_dev_win_within_seed_noise():
     from feat.study.answers import close_call
 
     table = pd.DataFrame({"group": [TEXT_ONLY, TEXT_ONLY, IMAGE_ONLY], "features": ["a", "b", "c"],
-                          "strategy": ["single"] * 3, "dev_f1_mean": [0.54, 0.535, 0.5],
-                          "dev_f1_std": [0.003, 0.011, 0.0]})
-    assert close_call(table, TEXT_ONLY, "f1").startswith("The text-only choice by dev is within seed noise: a / single")
-    assert close_call(table.assign(dev_f1_std=[0.003, 0.004, 0.0]), TEXT_ONLY, "f1") == ""
+                          "strategy": ["single"] * 3, "val_f1_mean": [0.54, 0.535, 0.5],
+                          "val_f1_std": [0.003, 0.011, 0.0]})
+    assert close_call(table, TEXT_ONLY, "f1").startswith(
+        "The text-only choice by validation score is within run-to-run noise: a / single")
+    assert close_call(table.assign(val_f1_std=[0.003, 0.004, 0.0]), TEXT_ONLY, "f1") == ""
     assert close_call(table, IMAGE_ONLY, "f1") == ""
 
 
@@ -230,5 +242,5 @@ def test_mvsa_single_with_the_offline_encoders(tmp_path):
     assert 0 <= result.comparison.p_value <= 1 and result.comparison.n_test == 452
     text = result.report.read_text()
     assert "none available: no joint encoder or dual-encoder pair in this study" in text
-    # Three classes: the selection metric is macro-F1, and every configuration beats always-positive (0.26).
-    assert (result.table["test_macro_f1_mean"] > 0.3).all() and np.isfinite(result.table["test_ci_low"]).all()
+    # Three classes: the selection metric is macro one-vs-rest AUROC, and every configuration beats chance (0.5).
+    assert (result.table["test_auroc_mean"] > 0.5).all() and np.isfinite(result.table["test_ci_low"]).all()

@@ -57,36 +57,51 @@ def best_threshold(y: np.ndarray, p_positive: np.ndarray) -> float:
     return float((scores[i] + below) / 2)
 
 
-def compute_metrics(y: np.ndarray, prob: np.ndarray, loss: float, threshold: float | None = None) -> dict:
-    """`prob` is (n, classes) softmax output; `loss` the mean (unweighted) cross-entropy; `threshold`, for
-    two classes, a decision threshold chosen on validation rows (adds `f1_tuned` and `threshold`)."""
-    from sklearn.metrics import (accuracy_score, confusion_matrix, f1_score, precision_score, recall_score,
-                                 roc_auc_score)
+def _scorers(y: np.ndarray, prob: np.ndarray, loss: float) -> dict:
+    """metric -> a function computing it: compute_metrics and the per-epoch early-stopping value share them, so
+    the value that chose the best epoch is bit for bit the one metrics.json reports."""
+    from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score, roc_auc_score
 
     k = prob.shape[1]
     pred = prob.argmax(axis=1)
     average = "binary" if k == 2 else "macro"
-    scores = {
-        "accuracy": float(accuracy_score(y, pred)),
-        "f1": float(f1_score(y, pred, average=average, zero_division=0)),
-        "macro_f1": float(f1_score(y, pred, average="macro", zero_division=0)),
-        "weighted_f1": float(f1_score(y, pred, average="weighted", zero_division=0)),
-        "precision": float(precision_score(y, pred, average=average, zero_division=0)),
-        "recall": float(recall_score(y, pred, average=average, zero_division=0)),
-        "auroc": None,
-        "loss": float(loss),
-        "confusion_matrix": confusion_matrix(y, pred, labels=list(range(k))).tolist(),
-        "n": int(len(y)),
+
+    def auroc():
+        if len(np.unique(y)) < k:  # AUROC needs every class among the true labels
+            return None
+        if k == 2:
+            return float(roc_auc_score(y, prob[:, 1]))
+        return float(roc_auc_score(y, prob, multi_class="ovr", average="macro", labels=list(range(k))))
+
+    return {
+        "accuracy": lambda: float(accuracy_score(y, pred)),
+        "f1": lambda: float(f1_score(y, pred, average=average, zero_division=0)),
+        "macro_f1": lambda: float(f1_score(y, pred, average="macro", zero_division=0)),
+        "weighted_f1": lambda: float(f1_score(y, pred, average="weighted", zero_division=0)),
+        "precision": lambda: float(precision_score(y, pred, average=average, zero_division=0)),
+        "recall": lambda: float(recall_score(y, pred, average=average, zero_division=0)),
+        "auroc": auroc,
+        "loss": lambda: float(loss),
     }
+
+
+def compute_metrics(y: np.ndarray, prob: np.ndarray, loss: float, threshold: float | None = None,
+                    only: str | None = None) -> dict:
+    """`prob` is (n, classes) softmax output; `loss` the mean (unweighted) cross-entropy; `threshold`, for
+    two classes, a decision threshold chosen on validation rows (adds `f1_tuned` and `threshold`).
+    `only`: just that metric and the loss (what early stopping needs each epoch)."""
+    from sklearn.metrics import confusion_matrix, f1_score
+
+    scorers = _scorers(y, prob, loss)
+    if only is not None:
+        return {"loss": float(loss), only: scorers[only]()}
+    k = prob.shape[1]
+    scores = {name: compute() for name, compute in scorers.items()}
+    scores["confusion_matrix"] = confusion_matrix(y, prob.argmax(axis=1), labels=list(range(k))).tolist()
+    scores["n"] = int(len(y))
     if k == 2 and threshold is not None:
         scores["threshold"] = float(threshold)
         scores["f1_tuned"] = float(f1_score(y, (prob[:, 1] >= threshold).astype(int), zero_division=0))
-    if len(np.unique(y)) == k:  # AUROC needs every class among the true labels
-        if k == 2:
-            scores["auroc"] = float(roc_auc_score(y, prob[:, 1]))
-        else:
-            scores["auroc"] = float(roc_auc_score(y, prob, multi_class="ovr", average="macro",
-                                                  labels=list(range(k))))
     return scores
 
 

@@ -91,12 +91,13 @@ def predict(head: nn.Module, inputs: Inputs, rows: np.ndarray) -> np.ndarray:
     return torch.cat(chunks).numpy() if chunks else np.zeros((0, 0), np.float32)
 
 
-def split_metrics(logits: np.ndarray, y: np.ndarray, threshold: float | None = None) -> tuple[dict, np.ndarray]:
-    """Metrics and softmax probabilities of one split from its logits."""
+def split_metrics(logits: np.ndarray, y: np.ndarray, threshold: float | None = None,
+                  only: str | None = None) -> tuple[dict, np.ndarray]:
+    """Metrics (all, or `only` one and the loss) and softmax probabilities of one split from its logits."""
     t = torch.from_numpy(logits)
     prob = torch.softmax(t, dim=1).numpy()
     loss = nn.functional.cross_entropy(t, torch.from_numpy(y)).item()
-    return compute_metrics(y, prob.astype(np.float64), loss, threshold), prob
+    return compute_metrics(y, prob.astype(np.float64), loss, threshold, only), prob
 
 
 def class_weights(y: np.ndarray, n_classes: int) -> torch.Tensor:
@@ -174,7 +175,7 @@ def _fit_sgd(head, cfg: TrainConfig, data: FusionData, inputs: Inputs, metric: s
             optimizer.step()
             schedule.step()
             loss_sum += loss.item() * len(rows)
-        dev = split_metrics(predict(head, inputs, dev_rows), data.y[dev_rows])[0]
+        dev = split_metrics(predict(head, inputs, dev_rows), data.y[dev_rows], only=metric)[0]
         history.append({"epoch": epoch, "train_loss": loss_sum / len(train_rows), "dev_loss": dev["loss"],
                         f"dev_{metric}": dev[metric], "lr": schedule.get_last_lr()[0]})
         value = score(dev, metric)
