@@ -39,6 +39,7 @@ def load_rows(saved, cache: Path, data: Path, live: dict, image_root: Path | Non
     """The run's rows with their raw inputs; `live` (feature -> unloaded encoder) are checked against the cache."""
     from feat.cache import FeatureCache, fingerprint_id
     from feat.data import Columns, load_table
+    from feat.fuse.config import CVConfig, from_dict
     from feat.fuse.data import load_data
 
     store = FeatureCache(cache)
@@ -51,7 +52,10 @@ def load_rows(saved, cache: Path, data: Path, live: dict, image_root: Path | Non
                              f"run {saved.path} was trained (fingerprint differs)")
     train = saved.train_config()
     valid_from = saved.config["valid_from"]
-    fusion = load_data(cache, valid_from, saved.config["label"], train.missing, valid_from, classes=saved.classes)
+    cv = from_dict(CVConfig, saved.config.get("cv", {}))
+    fusion = load_data(cache, valid_from, saved.config["label"], train.missing, valid_from, classes=saved.classes,
+                       group_col=cv.group_col)
+    fusion = fusion.with_partition(cv, saved.config.get("partition", 0))  # a CV run: its own train/validation folds
     if fusion.items_digest() != saved.config["items_digest"]:
         raise InputError(f"the items of cache {cache} (ids, splits or labels) differ from the ones run {saved.path} "
                          "was trained on")

@@ -1,7 +1,8 @@
 """`feat finetune`: take a trained fusion run further by training its encoders end to end.
 
-RUN is a `feat fuse` run folder, or an ablation folder (its best run by dev, or its K best configurations,
-each its best seed by dev). The output folder is laid out like a fuse run and `feat predict` loads it:
+RUN is a `feat fuse` run folder, or an ablation folder (its best run by selection score, or its K best
+configurations, each its run with the best validation score; with CV that run trains on its folds and
+validates on its own fold). The output folder is laid out like a fuse run and `feat predict` loads it:
 config.json, model.safetensors (head + fine-tuned encoders + standardisation), history.csv (epoch 0 = before
 any step), predictions_dev.csv, predictions_test.csv, learning_curve.png, and metrics.json, written last,
 with `initial_dev` (the parity-checked dev metrics before any step). checkpoint/ exists while it trains.
@@ -32,7 +33,7 @@ class FinetuneSpec:
     data: Path  # the table the run's cache was extracted from: raw texts and image paths
     out: Path  # output folder (with --top K > 1, one sub-folder per run)
     config: FinetuneConfig = field(default_factory=FinetuneConfig)
-    top: int = 1  # ablation folder: its K best configurations by mean dev (each its best seed by dev)
+    top: int = 1  # ablation folder: its K best configurations by selection score (each its best run by validation)
     cache: Path | None = None  # the run's cache (default: the folder its config.json records)
     image_root: Path | None = None  # default: the image root the cache was extracted with
     device: str = "auto"  # auto | cpu | cuda | cuda:N
@@ -79,21 +80,24 @@ def resolve_sources(path: Path, top: int) -> list[Path]:
         if top != 1:
             raise InputError(f"--top {top} needs an ablation folder; {path} is one run")
         return [path]
-    results_csv = path / "results.csv"
-    if not results_csv.exists():
-        raise InputError(f"{path} is neither a run folder (config.json) nor an ablation folder (results.csv)")
+    summary_csv, results_csv = path / "summary.csv", path / "results.csv"
+    if not summary_csv.exists() or not results_csv.exists():
+        raise InputError(f"{path} is neither a run folder (config.json) nor a finished ablation folder "
+                         "(summary.csv, results.csv)")
     from feat.fuse.metrics import higher_is_better
 
+    # summary.csv is ranked by selection score with each configuration's chosen trial; within it, the run
+    # (seed, fold) with the best validation score
+    summary = pd.read_csv(summary_csv, keep_default_na=False)
     results = pd.read_csv(results_csv, keep_default_na=False)
     metric = str(results["metric"].iloc[0])
-    value = pd.to_numeric(results[f"dev_{metric}"], errors="coerce")
-    results = results.assign(_dev=value if higher_is_better(metric) else -value)
-    configs = results.groupby(["features", "strategy"], sort=False)["_dev"].mean()
-    ranked = configs.sort_values(ascending=False, kind="stable").index[:top]
+    value = pd.to_numeric(results[f"val_{metric}"], errors="coerce")
+    results = results.assign(_val=value if higher_is_better(metric) else -value)
     chosen = []
-    for features, strategy in ranked:
-        group = results[(results["features"] == features) & (results["strategy"] == strategy)]
-        chosen.append(path / group.sort_values("_dev", ascending=False, kind="stable")["run"].iloc[0])
+    for _, config in summary.head(top).iterrows():
+        group = results[(results["features"] == config["features"]) & (results["strategy"] == config["strategy"])
+                        & (results["trial"] == config["trial"])]
+        chosen.append(path / group.sort_values("_val", ascending=False, kind="stable")["run"].iloc[0])
     return chosen
 
 
