@@ -273,7 +273,8 @@ def ablate(
     label: Label = "label",
     out: Annotated[Path, typer.Option(help="Ablation folder (re-running resumes it).")] = Path("feat-ablation"),
     workers: Annotated[int, typer.Option(help="Worker processes (one torch thread each).")] = 2,
-    curves: Annotated[bool, typer.Option(help="Write a learning_curve.png per run.")] = True,
+    curves: Annotated[Optional[bool], typer.Option("--curves/--no-curves", help="Write a learning_curve.png per "
+                                                   "run (default: yes without --cv; with --cv, K x more runs, no).")] = None,
     metric: Metric = "auto", patience: Patience = 5, epochs: Epochs = 15, batch_size: BatchSize = 128,
     lr: Lr = 1e-3, weight_decay: WeightDecay = 1e-4, warmup: Warmup = 0.1, common_dim: CommonDim = 768,
     dropout: Dropout = 0.1, depth: Depth = 1, width: Width = 256, class_weights: ClassWeights = "none",

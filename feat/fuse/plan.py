@@ -29,7 +29,7 @@ class AblateSpec:
     head: HeadConfig = field(default_factory=HeadConfig)  # `strategy` is set per run
     train: TrainConfig = field(default_factory=TrainConfig)  # `seed` is set per run
     workers: int = 2  # processes; 1 runs in this process
-    curves: bool = True  # a learning_curve.png per run
+    curves: bool | None = None  # a learning_curve.png per run; None: only without CV (a plot costs ~0.2 s, K x the runs)
     cv: CVConfig = field(default_factory=CVConfig)  # folds over train+dev (0 folds: the data's own split)
     tune: int = 0  # hyperparameter trials per configuration, chosen on validation (0 or 1: the given values)
     positive: str | None = None  # positive class of a binary label
@@ -82,6 +82,7 @@ def plan(spec: AblateSpec) -> list[FuseSpec]:
         raise InputError("--tune must be 0 (no tuning) or a number of trials")
     valid_from = list(dict.fromkeys(f for fs in spec.feature_sets for f in fs))
     candidates = trials(spec.tune, spec.head, spec.train, seed=spec.cv.seed)
+    curves = spec.curves if spec.curves is not None else not spec.cv.folds
     runs = []
     for seed in range(spec.train.seed, spec.train.seed + spec.seeds):
         for features, strategy in configurations(spec):
@@ -90,7 +91,7 @@ def plan(spec: AblateSpec) -> list[FuseSpec]:
                     name = run_name(features, strategy, seed, trial, partition, spec.cv)
                     runs.append(FuseSpec(spec.cache, list(features), spec.label, spec.out / "runs" / name,
                                          replace(head, strategy=strategy), replace(train, seed=seed), valid_from,
-                                         spec.curves, spec.positive, spec.cv, partition, trial))
+                                         curves, spec.positive, spec.cv, partition, trial))
     for run in runs:
         check_spec(run)
     return runs
