@@ -46,6 +46,10 @@ def run_demo(out: Path, rows: int = 600, seeds: int = 3, workers: int = 2, folds
                   f"best run: {summary.out / summary.best_run}; demo took {time.perf_counter() - start:.0f} s")
 
 
+def _p(value: float) -> str:
+    return "p < 0.001" if value < 0.001 else f"p = {value:.3f}"
+
+
 def _comparison(summary) -> str:
     """The answer of answer.json in one sentence."""
     a = summary.answer
@@ -53,9 +57,9 @@ def _comparison(summary) -> str:
         return "no comparison: the ablation has no multimodal or no text-only configuration"
     m, v, w = a["metric"], a["vs_text_only"], a["vs_image_only"]
     best, text, image = a["best_multimodal"], a["best_text_only"], a["best_image_only"]
-    p = "p < 0.001" if v["p"] < 0.001 else f"p = {v['p']:.3f}"
+    p = _p(v["p"])
     verdict = "the image helps" if a["image_helps"] else "the image does NOT help significantly"
     return (f"image_helps = {str(a['image_helps']).lower()} ({verdict}): {best['strategy']} on {best['features']} "
             f"(best multimodal by validation) test {a['metric_name']} {best['test'][m]:.3f} vs text-only "
             f"{text['features']} {text['test'][m]:.3f} ({p}, paired bootstrap over {a['n_test']} test items) vs "
-            f"image-only {image['features']} {image['test'][m]:.3f} (p = {w['p']:.3f})")
+            f"image-only {image['features']} {image['test'][m]:.3f} ({_p(w['p'])})")

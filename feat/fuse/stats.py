@@ -12,6 +12,8 @@ left out of the macro mean), AUROC from ranks (Mann-Whitney), log-loss from the 
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from scipy import stats as scipy_stats
 
@@ -86,10 +88,17 @@ def score_resamples(metric: str, y: np.ndarray, prob: np.ndarray, draws: np.ndar
         values = -np.log(np.clip(p_true, EPS, 1))[:, draws].mean(-1)
     elif metric == "auroc":
         classes = [1] if k == 2 else range(k)  # binary: the positive class; else the macro one-vs-rest mean
-        values = np.nanmean([_auroc(prob[:, draws, c], (truth == c)[None]) for c in classes], axis=0)
+        values = _nanmean([_auroc(prob[:, draws, c], (truth == c)[None]) for c in classes])
     else:
         raise ValueError(f"no resampled form of metric '{metric}'")
-    return np.nanmean(values, axis=0) if values.ndim > 1 else values
+    return _nanmean(values) if values.ndim > 1 else values
+
+
+def _nanmean(values) -> np.ndarray:
+    """Mean over the first axis ignoring NaN; NaN where all are (a resample holding one class), silently."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return np.nanmean(np.asarray(values), axis=0)
 
 
 def observed(metric: str, y: np.ndarray, prob: np.ndarray, threshold: float | None = None) -> float:

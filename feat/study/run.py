@@ -61,7 +61,7 @@ def _write(config: StudyConfig, preset: Preset, team: Lineup, outcomes: list[Out
 
     out = Path(config.out)
     results = pd.read_csv(out / ABLATION / "results.csv", dtype={"features": str, "strategy": str, "run": str})
-    table = summary.table.copy()
+    table = summary.table.drop(columns="group")  # the study's groups tell fusion of towers from joint encoders
     table.insert(1, "group", [group_of(f, team) for f in table["features"]])
     best = answers.best_per_group(table)
     skipped = _skipped(team, outcomes)
