@@ -36,6 +36,11 @@ def _friendly_errors(command):
     return wrapper
 
 
+def _list(values: list[str] | None) -> list[str]:
+    """Every list option: repeated, comma-separated or both (`-e a -e b` = `-e a,b`); order kept, repeats dropped."""
+    return list(dict.fromkeys(v.strip() for value in values or [] for v in value.split(",") if v.strip()))
+
+
 Data = Annotated[Path, typer.Argument(help="CSV/TSV/Parquet file with a split column, or a folder of "
                                            "train*/dev*/test* files.")]
 CacheDir = Annotated[Path, typer.Option("--cache", "-c", help="Cache folder.")]
@@ -45,8 +50,8 @@ CacheDir = Annotated[Path, typer.Option("--cache", "-c", help="Cache folder.")]
 @_friendly_errors
 def extract(
     data: Data,
-    encoder: Annotated[list[str], typer.Option("--encoder", "-e", help="Encoder name; repeat for several. "
-                                               "See `feat encoders`.")],
+    encoder: Annotated[list[str], typer.Option("--encoder", "--encoders", "-e", help="Encoder names, "
+                                               "comma-separated or repeated. See `feat encoders`.")],
     cache: CacheDir = Path("feat-cache"),
     model: Annotated[Optional[str], typer.Option(help="Checkpoint id or local folder (one encoder only).")] = None,
     name: Annotated[Optional[str], typer.Option(help="Feature-set name in the cache (default: encoder name).")] = None,
@@ -90,7 +95,7 @@ def extract(
     from feat.extract.runner import ExtractConfig, extract as run_extract
 
     report = run_extract(ExtractConfig(
-        data=data, cache=cache, encoders=encoder, columns=Columns(id_col, text_col, image_col, split_col),
+        data=data, cache=cache, encoders=_list(encoder), columns=Columns(id_col, text_col, image_col, split_col),
         image_root=image_root, allow_outside_root=allow_outside_root,
         options=EncoderOptions(model=model, pooling=pooling, max_length=max_length, svd_dim=svd_dim),
         name=name, device=device, dtype=dtype, store_dtype=store_dtype, batch_size=batch_size,
@@ -189,16 +194,19 @@ def _strategy_help() -> str:
     return f"Fusion strategy. {strategy_help()}."
 
 
-def _split_features(value: str) -> list[str]:
-    return [f.strip() for f in value.split(",") if f.strip()]
+Strategies = Annotated[list[str], typer.Option("--strategies", "--strategy", help="Strategies for the "
+                                               "multi-input sets: all | reference (the five reference heads) | "
+                                               "names, comma-separated or repeated. Unimodal baselines run "
+                                               "automatically.")]
 
 
 @app.command()
 @_friendly_errors
 def fuse(
-    features: Annotated[str, typer.Option(help="Comma-separated feature sets of the cache, one head input each.")],
+    features: Annotated[list[str], typer.Option(help="Feature sets of the cache, one head input each; "
+                                                    "comma-separated or repeated.")],
     cache: CacheDir = Path("feat-cache"),
-    strategy: Annotated[str, typer.Option(help=_strategy_help())] = "proj_concat",
+    strategy: Annotated[str, typer.Option("--strategy", "--strategies", help=_strategy_help())] = "proj_concat",
     label: Label = "label",
     seed: Annotated[int, typer.Option(help="Seed of init, dropout and batch order.")] = 0,
     out: Annotated[Path, typer.Option(help="Run folder to write.")] = Path("feat-run"),
@@ -212,11 +220,17 @@ def fuse(
     from feat.fuse.data import describe_report
     from feat.fuse.run import FuseSpec, run_fuse
 
+    from feat.errors import InputError
+
+    if len(_list([strategy])) != 1:
+        raise InputError(f"feat fuse trains one head: give one strategy, not '{strategy}' (feat ablate compares "
+                         "several)")
+    features = _list(features)
     head, train = _configs(locals())
-    result = run_fuse(FuseSpec(cache, _split_features(features), label, out, head, train))
+    result = run_fuse(FuseSpec(cache, features, label, out, head, train))
     m = result.metrics
     console.print(describe_report(result.data_report))
-    console.print(f"{strategy} on {features}, seed {seed}: best epoch {m['best_epoch']}, "
+    console.print(f"{strategy} on {','.join(features)}, seed {seed}: best epoch {m['best_epoch']}, "
                   f"dev {result.metric} {m['dev'][result.metric]:.4f}, test {result.metric} "
                   f"{m['test'][result.metric]:.4f}, test accuracy {m['test']['accuracy']:.4f} "
                   f"({m['train_seconds']:.1f} s) -> {result.out}")
@@ -226,7 +240,7 @@ def fuse(
 @_friendly_errors
 def evaluate(
     run: Annotated[Path, typer.Argument(help="Run folder written by `feat fuse` (or an ablation run).")],
-    split: Annotated[str, typer.Option(help="train | dev | test")] = "dev",
+    split: Annotated[str, typer.Option(help="train | dev | test (val, validation = dev)")] = "dev",
     cache: Annotated[Optional[Path], typer.Option("--cache", "-c", help="Cache folder (default: the run's).")] = None,
 ):
     """Recompute a run's metrics from its saved head and the cache; they must equal metrics.json."""
@@ -236,6 +250,9 @@ def evaluate(
     from feat.errors import FeatError
     from feat.fuse.run import evaluate_run
 
+    from feat.data import SPLIT_ALIASES
+
+    split = SPLIT_ALIASES.get(split.strip().lower(), split)
     result = evaluate_run(run, split, cache)
     typer.echo(json.dumps(result.metrics, indent=2))
     if result.saved is None:
@@ -252,9 +269,7 @@ def ablate(
     features: Annotated[list[str], typer.Option(help="A feature set (comma-separated for several inputs); "
                                                     "repeat, e.g. --features minilm --features minilm,effnet.")],
     cache: CacheDir = Path("feat-cache"),
-    strategies: Annotated[list[str], typer.Option(help="Strategies for the multi-input sets: all | reference "
-                                                      "(the five reference heads) | names, comma-separated or "
-                                                      "repeated. Unimodal baselines run automatically.")] = ["all"],
+    strategies: Strategies = ["all"],
     seeds: Annotated[int, typer.Option(help="Seeds per configuration (0 .. N-1).")] = 5,
     label: Label = "label",
     out: Annotated[Path, typer.Option(help="Ablation folder (re-running resumes it).")] = Path("feat-ablation"),
@@ -270,7 +285,7 @@ def ablate(
     from feat.fuse.ablate import AblateSpec, run_ablation
 
     head, train = _configs(locals())  # strategy and seed are set per run
-    summary = run_ablation(AblateSpec(cache, [_split_features(f) for f in features], strategies, seeds, label,
+    summary = run_ablation(AblateSpec(cache, [_list([f]) for f in features], _list(strategies), seeds, label,
                                       out, head, train, workers, curves))
     typer.echo(summary.markdown)
     console.print(f"report: {summary.out / 'summary.md'}; best run: {summary.out / summary.best_run}")
@@ -279,6 +294,8 @@ def ablate(
 def _model_overrides(values: list[str]) -> dict[str, str]:
     from feat.errors import InputError
 
+    # Comma-separated like every list option, unless a piece has no '=': then the comma is part of a path.
+    values = [piece for v in values for piece in (v.split(",") if all("=" in p for p in v.split(",")) else [v])]
     pairs = [v.split("=", 1) for v in values]
     bad = [v for v, p in zip(values, pairs) if len(p) != 2 or not p[0].strip() or not p[1].strip()]
     if bad:
@@ -290,17 +307,19 @@ def _model_overrides(values: list[str]) -> dict[str, str]:
 @_friendly_errors
 def study(
     data: Data,
-    label: Annotated[str, typer.Option(help="Label column (the task).")],
+    label: Label = "label",
     out: Annotated[Path, typer.Option(help="Study folder: report.md, study.png, costs.json, ablation/, cache/.")] = Path("feat-study"),
     preset: Annotated[str, typer.Option(help="Study preset; `reference`: the unimodal-vs-multimodal study "
                                              "(text towers, image towers, their pairs, joint encoders).")] = "reference",
-    encoders: Annotated[Optional[str], typer.Option(help="Comma-separated encoders replacing the preset's "
-                                                         "list, e.g. minilm,tfidf,effnet.")] = None,
+    encoders: Annotated[Optional[list[str]], typer.Option("--encoders", "--encoder", "-e", help="Encoders "
+                                                         "replacing the preset's list, comma-separated or "
+                                                         "repeated, e.g. minilm,tfidf,effnet.")] = None,
     model: Annotated[list[str], typer.Option(help="ENCODER=ID_OR_FOLDER: another checkpoint or a local folder "
-                                                 "for one encoder; repeat for several.")] = [],
+                                                 "for one encoder; comma-separated or repeated for several.")] = [],
     seeds: Annotated[Optional[int], typer.Option(help="Seeds per configuration (default: the preset's).")] = None,
-    strategies: Annotated[Optional[str], typer.Option(help="Comma-separated fusion strategies for the pairs "
-                                                           "(default: the preset's).")] = None,
+    strategies: Annotated[Optional[list[str]], typer.Option("--strategies", "--strategy", help="Fusion "
+                                                                 "strategies for the pairs, comma-separated or "
+                                                                 "repeated (default: the preset's).")] = None,
     cache: Annotated[Optional[Path], typer.Option("--cache", "-c", help="Feature cache (default: OUT/cache).")] = None,
     id_col: Annotated[str, typer.Option(help="Id column.")] = "id",
     text_col: Annotated[str, typer.Option(help="Text column.")] = "text",
@@ -319,8 +338,7 @@ def study(
 
     result = run_study(StudyConfig(
         data=data, label=label, out=out, preset=preset, models=_model_overrides(model), seeds=seeds,
-        encoders=_split_features(encoders) if encoders is not None else None,
-        strategies=_split_features(strategies) if strategies is not None else None, cache=cache,
+        encoders=_list(encoders) or None, strategies=_list(strategies) or None, cache=cache,
         columns=Columns(id_col, text_col, image_col, split_col), image_root=image_root, device=device,
         num_workers=num_workers, workers=workers, force=force))
     typer.echo(result.report.read_text())
