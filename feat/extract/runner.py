@@ -60,6 +60,9 @@ class ExtractConfig:
     commit_every: int = 1024  # rows per durable commit (whole batches), bounding the work a crash can lose
     lock_timeout: float = 0  # seconds to wait for another process holding the cache lock
     predict: bool = False  # the table has no split: every row is to predict (`feat predict`)
+    # Other caches (never written) whose rows with the same feature name, fingerprint, id and content are copied
+    # instead of encoded: `feat predict` reuses the run's training cache.
+    reuse_from: list[Path] = field(default_factory=list)
     shard: Shard | None = None  # encode only this shard's rows into its own parts; `feat merge` finalizes
     backend: str = "local"  # where forward passes run: local (this process) | ray (a Ray Data pipeline)
     ray_address: str | None = None  # ray: an existing cluster ("auto", "ray://head:10001"); None starts one here
@@ -306,6 +309,8 @@ def _extract_one(run: _Run, plan: _Plan) -> EncoderReport:
             cache.delete(name)
     committed = cache.committed(name, plan.fingerprint, matrix=False)
     todo = _rows_to_encode(committed, work.ids, plan.hashes, run.config.on_bad_image)
+    if todo and run.config.reuse_from and not cache.shard:
+        todo = _copy_from_other_caches(run, plan, todo)
     report.reused = len(work) - len(todo)
     if cache.shard:
         _write_manifest(run, plan)  # before encoding: a merge tells a shard that died half-way from one never run
@@ -325,6 +330,25 @@ def _extract_one(run: _Run, plan: _Plan) -> EncoderReport:
         report.dim = rows.dim
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _copy_from_other_caches(run: _Run, plan: _Plan, todo: list[int]) -> list[int]:
+    """Commit the `todo` rows that another cache holds cleanly encoded under the same fingerprint, id and
+    content hash (the vector would be the same); returns the rows left to encode."""
+    for other in run.config.reuse_from:
+        source = FeatureCache(other)
+        if not todo or Path(other).resolve() == run.cache.root.resolve() or not source.root.is_dir():
+            continue
+        want = {run.work.ids[i]: plan.hashes[i] for i in todo}
+        rows = source.committed(plan.name, plan.fingerprint, want=want)
+        if rows is None or not len(rows):
+            continue
+        rows = rows.take(np.flatnonzero(rows.valid & (rows.reason == "")))
+        if len(rows):
+            run.cache.commit_part(plan.name, rows, plan.fingerprint)
+            copied = set(rows.ids.tolist())
+            todo = [i for i in todo if run.work.ids[i] not in copied]
+    return todo
 
 
 def _write_manifest(run: _Run, plan: _Plan) -> None:
