@@ -239,7 +239,8 @@ def fuse(
 @app.command()
 @_friendly_errors
 def evaluate(
-    run: Annotated[Path, typer.Argument(help="Run folder written by `feat fuse` (or an ablation run).")],
+    run: Annotated[Path, typer.Argument(help="Run folder written by `feat fuse`, an ablation's run, or an ablation "
+                                             "folder (its best run).")],
     split: Annotated[str, typer.Option(help="train | dev | test (val, validation = dev)")] = "dev",
     cache: Annotated[Optional[Path], typer.Option("--cache", "-c", help="Cache folder (default: the run's).")] = None,
 ):
@@ -252,7 +253,10 @@ def evaluate(
 
     from feat.data import SPLIT_ALIASES
 
+    from feat.fuse.artifacts import resolve_run
+
     split = SPLIT_ALIASES.get(split.strip().lower(), split)
+    run = resolve_run(run)
     result = evaluate_run(run, split, cache)
     typer.echo(json.dumps(result.metrics, indent=2))
     if result.saved is None:
@@ -408,6 +412,9 @@ def finetune(
     from feat.console import console
     from feat.finetune.config import FinetuneConfig
     from feat.finetune.run import FinetuneSpec, describe, run_finetune
+    from feat.fuse.artifacts import resolve_run
+
+    run = resolve_run(run, ablation=False)  # an ablation folder itself: --top picks among its runs
 
     config = FinetuneConfig(epochs=epochs, batch_size=batch_size, grad_accum=grad_accum, max_steps=max_steps,
                             lr_encoder=lr_encoder, lr_head=lr_head, weight_decay=weight_decay, warmup=warmup,
@@ -422,7 +429,8 @@ def finetune(
 @app.command()
 @_friendly_errors
 def predict(
-    run: Annotated[Path, typer.Argument(help="A `feat fuse` or `feat finetune` run folder.")],
+    run: Annotated[Path, typer.Argument(help="A `feat fuse` or `feat finetune` run folder, or an ablation folder "
+                                             "(its best run).")],
     data: Annotated[Path, typer.Argument(help="Rows to label (CSV/TSV/Parquet); no split or label column needed.")],
     out: Annotated[Path, typer.Option(help="Predictions CSV: id, pred, p_<class> per class, reason.")] = Path("predictions.csv"),
     cache: Annotated[Optional[Path], typer.Option("--cache", "-c", help="Feature cache of the new rows "
@@ -443,9 +451,10 @@ def predict(
     from rich.markup import escape
 
     from feat.console import console
+    from feat.fuse.artifacts import resolve_run
     from feat.predict import PredictSpec, predict as run_predict
 
-    report = run_predict(PredictSpec(run, data, out, cache, {"id": id_col, "text": text_col, "image": image_col},
+    report = run_predict(PredictSpec(resolve_run(run), data, out, cache, {"id": id_col, "text": text_col, "image": image_col},
                                      image_root, allow_outside_root, device, batch_size, num_workers, on_bad_image))
     for extraction in report.extract:
         for note in extraction.notes:

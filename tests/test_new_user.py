@@ -3,6 +3,8 @@ wherever a run is taken, one convention for list options, progress and unwrapped
 
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from helpers import cli, register_test_encoders, write_csv
@@ -35,3 +37,87 @@ def test_study_and_predict_refuse_a_column_option_naming_no_column(tmp_path):
     data = write_csv(tmp_path / "d.csv", RECORDS)
     result = cli("study", data, "--text-col", "nosuch", "--out", tmp_path / "s", expect=2)
     assert "no column 'nosuch' (--text-col" in result.output and not (tmp_path / "s").exists()
+
+
+# ----- 4. A/best and an ablation folder wherever a run folder is taken ----------------------------------
+SMALL = ["--epochs", "2", "--batch-size", "32", "--common-dim", "8", "--no-curves", "--workers", "1"]
+
+
+@pytest.fixture(scope="module")
+def ablation(tmp_path_factory):
+    from feat.fuse.toy import write_toy_cache
+
+    root = tmp_path_factory.mktemp("abl")
+    cache = write_toy_cache(root / "cache")
+    # 5. `--strategy` (singular) is accepted by ablate, as `--strategies` is by fuse.
+    cli("ablate", "--cache", cache, "--features", "a,b", "--strategy", "concat", "--seeds", "1", "--out",
+        root / "A", *SMALL)
+    return root / "A", cache
+
+
+def test_evaluate_takes_an_ablation_folder_and_its_best_file_or_link(ablation, tmp_path):
+    import shutil
+
+    from feat.fuse import artifacts as art
+
+    folder, _ = ablation
+    best = art.best_run(folder)
+    for run in (folder, folder / "best"):
+        result = cli("evaluate", run, "--split", "test")
+        assert "identical to" in result.output and best.split("/")[-1] in " ".join(result.output.split())
+    linked = tmp_path / "A"
+    shutil.copytree(folder, linked, symlinks=True)
+    art.write_best(linked, best)
+    assert (linked / "best").is_symlink() and not os.path.isabs(os.readlink(linked / "best"))
+    assert (linked / "best" / "metrics.json").exists() and art.best_run(linked) == best
+    assert "identical to" in cli("evaluate", linked / "best").output
+
+
+def test_a_folder_that_is_no_run_is_still_refused(tmp_path):
+    (tmp_path / "A").mkdir()
+    (tmp_path / "A" / "results.csv").write_text("run\n")
+    assert "has no 'best' yet" in cli("evaluate", tmp_path / "A", expect=2).output
+
+
+# ----- 5. one convention for list options, the same aliases and defaults --------------------------------
+def test_list_options_accept_repeats_and_commas_alike():
+    from feat.cli import _list
+
+    assert _list(["a,b", " c ", "a", ""]) == ["a", "b", "c"] and _list(None) == []
+
+
+def test_fuse_features_repeated_equal_comma_separated_and_strategies_is_an_alias(ablation, tmp_path):
+    import json
+
+    _, cache = ablation
+    small = ["--epochs", "1", "--common-dim", "8", "--no-standardize"]
+    cli("fuse", "--cache", cache, "--features", "a", "--features", "b", "--strategies", "concat", "--out",
+        tmp_path / "r1", *small)
+    cli("fuse", "--cache", cache, "--features", "a,b", "--strategy", "concat", "--out", tmp_path / "r2", *small)
+    configs = [json.loads((tmp_path / r / "config.json").read_text()) for r in ("r1", "r2")]
+    assert configs[0]["features"] == configs[1]["features"] == ["a", "b"]
+    assert configs[0]["head"]["strategy"] == "concat"
+    result = cli("fuse", "--cache", cache, "--features", "a,b", "--strategies", "concat,gated", "--out",
+                 tmp_path / "r3", expect=2)
+    assert "one strategy" in result.output
+
+
+def test_evaluate_accepts_val_for_dev(ablation):
+    folder, _ = ablation
+    assert "identical to" in cli("evaluate", folder, "--split", "val").output
+    assert cli("evaluate", folder, "--split", "valid").exit_code == 0
+
+
+def test_study_label_defaults_to_label_and_takes_repeated_encoders(tmp_path):
+    data = write_csv(tmp_path / "d.csv", [{k: v for k, v in r.items() if k != "label"} for r in RECORDS])
+    result = cli("study", data, "--out", tmp_path / "s", expect=2)
+    assert "label column 'label'" in result.output
+    result = cli("study", write_csv(tmp_path / "e.csv", RECORDS), "-e", "minilm", "--encoder", "nosuch,effnet",
+                 "--out", tmp_path / "s", expect=2)
+    assert "nosuch" in result.output
+
+
+def test_study_model_overrides_comma_separated():
+    from feat.cli import _model_overrides
+
+    assert _model_overrides(["a=x,b=y", "c=/p/with,comma"]) == {"a": "x", "b": "y", "c": "/p/with,comma"}

@@ -168,3 +168,26 @@ def test_what_is_not_a_run_is_refused(tiny, tmp_path):
     assert "not a feat run folder" in " ".join(cli("predict", tmp_path, tiny.data, expect=2).output.split())
     assert "data not found" in cli("predict", tiny.run, tmp_path / "none.csv", "--out", tmp_path / "p.csv",
                                    expect=2).output
+
+
+def test_an_ablation_folder_or_its_best_file_stands_for_its_best_run(tiny, tmp_path):
+    """Issue 16: `feat predict A data.csv` and `feat predict A/best data.csv` were refused."""
+    import os
+
+    from feat.fuse import artifacts as art
+
+    data, _ = unlabelled_copy(tiny, tmp_path / "new.csv")
+    ablation = tmp_path / "A"
+    ablation.mkdir()
+    (ablation / "results.csv").write_text("run\n")
+    (ablation / "best").write_text(os.path.relpath(tiny.run, ablation) + "\n")  # the text form
+    for run in (ablation, ablation / "best"):
+        result = cli("predict", run, data, "--out", tmp_path / "p.csv", "--image-root", tiny.data.parent,
+                     "--cache", tmp_path / "c")
+        assert "48 of 48 rows predicted" in " ".join(result.output.split())
+
+
+def test_a_column_option_naming_no_column_is_refused(tiny, tmp_path):
+    data, _ = unlabelled_copy(tiny, tmp_path / "new.csv")
+    result = cli("predict", tiny.run, data, "--text-col", "caption", "--out", tmp_path / "p.csv", expect=2)
+    assert "no column 'caption' (--text-col" in " ".join(result.output.split())

@@ -12,6 +12,7 @@ import pandas as pd
 
 CONFIG, MODEL, METRICS, HISTORY = "config.json", "model.safetensors", "metrics.json", "history.csv"
 CURVE = "learning_curve.png"
+BEST, RESULTS = "best", "results.csv"  # in an ablation folder: its winning run, and one row per run
 
 
 def atomic_write(path: Path, write) -> None:
@@ -22,6 +23,40 @@ def atomic_write(path: Path, write) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_best(folder: Path, run: str) -> None:
+    """FOLDER/best: a relative symlink to the winning run (`run`, relative to FOLDER), so that it is a run
+    folder to every tool; a text file naming it where the file system has no symlinks (`resolve_run` reads
+    both)."""
+    link, tmp = folder / BEST, folder / f".{BEST}.tmp-{os.getpid()}"
+    try:
+        os.symlink(run, tmp, target_is_directory=True)
+    except (OSError, NotImplementedError):
+        atomic_write(link, lambda p: p.write_text(f"{run}\n"))
+        return
+    os.replace(tmp, link)
+
+
+def best_run(folder: Path) -> str:
+    """The winning run of an ablation folder, relative to it, as `write_best` recorded it."""
+    link = Path(folder) / BEST
+    return os.readlink(link) if link.is_symlink() else link.read_text().strip()
+
+
+def resolve_run(path: Path, ablation: bool = True) -> Path:
+    """The run folder PATH stands for: itself; the run an ablation's `best` file names; with `ablation`, an
+    ablation folder's best run. Anything else is returned as is, for the command to refuse."""
+    path = Path(path)
+    if path.is_file() and path.name == BEST:
+        return path.parent / best_run(path.parent)
+    if ablation and path.is_dir() and not (path / CONFIG).exists() and (path / RESULTS).exists():
+        if not (path / BEST).exists():
+            from feat.errors import InputError
+
+            raise InputError(f"ablation folder {path} has no '{BEST}' yet: run `feat ablate` to the end first")
+        return path / best_run(path)
+    return path
 
 
 def write_json(path: Path, obj) -> None:
