@@ -121,3 +121,43 @@ def test_study_model_overrides_comma_separated():
     from feat.cli import _model_overrides
 
     assert _model_overrides(["a=x,b=y", "c=/p/with,comma"]) == {"a": "x", "b": "y", "c": "/p/with,comma"}
+
+
+# ----- 7. progress in logs, 8. no hard wrap ------------------------------------------------------------
+def test_extract_says_progress_in_plain_lines_when_not_on_a_terminal(tmp_path, monkeypatch):
+    register_test_encoders(monkeypatch)
+    data = write_csv(tmp_path / "d.csv", RECORDS)
+    output = cli("extract", data, "-e", "probe-text", "-c", tmp_path / "c").output
+    lines = output.splitlines()
+    assert "probe-text: 0/12 rows (0%), loading model, elapsed 0:00" in lines
+    assert any(line.startswith("probe-text: 12/12 rows (100%), ") and line.endswith(", done") and " rows/s, "
+               in line for line in lines)
+
+
+def test_plain_progress_lines_come_every_few_seconds_with_rate_and_eta(capsys, monkeypatch):
+    import time
+
+    import feat.console as feat_console
+
+    monkeypatch.setattr(feat_console, "PLAIN_EVERY", 0.01)
+    seen = ""
+    with feat_console.progress_bar("runs", 4, unit="runs", done=1) as advance:
+        advance(1)
+        deadline = time.monotonic() + 60  # a bound on a stuck ticker, not a timing assertion
+        while "ETA" not in seen and time.monotonic() < deadline:
+            time.sleep(0.01)
+            seen += capsys.readouterr().err
+        advance(2)
+    lines = (seen + capsys.readouterr().err).splitlines()
+    assert lines[0] == "runs: 1/4 runs (25%), 0.0 runs/s, elapsed 0:00, ETA unknown"
+    ticks = [line for line in lines[1:] if "ETA" in line]
+    assert ticks and all(line.startswith("runs: 2/4 runs (50%), ") and " runs/s, " in line for line in ticks)
+    assert lines[-1].startswith("runs: 4/4 runs (100%), ") and lines[-1].endswith(", done")
+
+
+def test_log_lines_are_never_wrapped_at_80_columns(capsys):
+    from feat.console import console
+
+    path = "/a/very/long/" + "folder/" * 20 + "cache"
+    console.print(f"features cached in {path} (12.3 s); inspect them with `feat info {path}`")
+    assert capsys.readouterr().err == f"features cached in {path} (12.3 s); inspect them with `feat info {path}`\n"

@@ -530,13 +530,22 @@ class LocalBackend:
 def _encode(run: _Run, job: EncodeJob) -> None:
     committer = _Committer(run.cache, job.name, job.fingerprint, run.config.commit_every, run.config.store_dtype)
     bad = []
-    with progress_bar(job.name, len(job.todo)) as advance:
+    with progress_bar(job.name, len(job.todo), unit="rows", stage=_first_stage(job)) as advance:
         for batch in run.backend.batches(job):
             bad += _store(job, batch, committer)
             advance(len(batch.rows))
     committer.flush()
     if bad:
         raise BadImagesFailed(job.name, bad, listed_in_file=run.cache.shard is None)
+
+
+def _first_stage(job: EncodeJob) -> str:
+    """What precedes the first finished batch, said so that a bar at 0 for seconds does not look stuck."""
+    if isinstance(job.encoder, FittedEncoder):
+        return "fitting" if not job.encoder.frozen and not job.encoder.state() else "transforming"
+    if job.config.backend != "local":
+        return "starting the encoder actors"
+    return "loading model" if getattr(job.encoder, "model", None) is None else "first batch"
 
 
 def _store(job: EncodeJob, batch: EncodedBatch, committer: _Committer) -> list[tuple[str, str]]:
