@@ -54,7 +54,8 @@ def extract(
                                                "comma-separated or repeated. See `feat encoders`.")],
     cache: CacheDir = Path("feat-cache"),
     model: Annotated[Optional[str], typer.Option(help="Checkpoint id or local folder (one encoder only).")] = None,
-    name: Annotated[Optional[str], typer.Option(help="Feature-set name in the cache (default: encoder name).")] = None,
+    name: Annotated[Optional[str], typer.Option(help="Feature-set name in the cache (default: encoder name; "
+                                                    "tfidf-svdN with --svd-dim N).")] = None,
     pooling: Annotated[Optional[str], typer.Option(help="Text: cls | mean (| pooler); vision: pooler | cls | mean; flava: cls | pooler.")] = None,
     max_length: Annotated[Optional[int], typer.Option(help="Text truncation in tokens.")] = None,
     svd_dim: Annotated[Optional[int], typer.Option(help="TF-IDF: dense SVD view of this size.")] = None,

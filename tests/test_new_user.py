@@ -161,3 +161,14 @@ def test_log_lines_are_never_wrapped_at_80_columns(capsys):
     path = "/a/very/long/" + "folder/" * 20 + "cache"
     console.print(f"features cached in {path} (12.3 s); inspect them with `feat info {path}`")
     assert capsys.readouterr().err == f"features cached in {path} (12.3 s); inspect them with `feat info {path}`\n"
+
+
+# ----- 6. one name per TF-IDF view in every command ----------------------------------------------------
+def test_extract_names_the_dense_tfidf_view_as_study_does(tmp_path):
+    from feat.cache import FeatureCache
+
+    data = write_csv(tmp_path / "d.csv", RECORDS)
+    cli("extract", data, "-e", "tfidf", "-c", tmp_path / "c")
+    cli("extract", data, "-e", "tfidf", "--svd-dim", "2", "-c", tmp_path / "c")
+    assert FeatureCache(tmp_path / "c").feature_names() == ["tfidf", "tfidf-svd2"]
+    assert FeatureCache(tmp_path / "c").read("tfidf-svd2").rows.matrix.shape == (12, 2)

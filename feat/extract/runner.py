@@ -28,7 +28,7 @@ from feat.console import console, progress_bar
 from feat.data import Columns, Table, load_table
 from feat.errors import FeatError, InputError
 from feat.extract.base import (Encoder, EncoderOptions, FittedEncoder, ImageEncoder, JointEncoder, Runtime,
-                               TextEncoder)
+                               TextEncoder, feature_name)
 from feat.extract.registry import create_encoder, encoder_class
 
 BAD_IMAGE_POLICIES = ("fail", "skip", "zero")
@@ -45,7 +45,7 @@ class ExtractConfig:
     image_root: Path | None = None  # image paths are relative to this (default: the data file's folder)
     allow_outside_root: bool = False  # accept image paths that resolve outside image_root
     options: EncoderOptions = field(default_factory=EncoderOptions)  # given to each encoder that takes them
-    name: str | None = None  # feature-set name in the cache (default: the encoder name); one encoder only
+    name: str | None = None  # feature-set name in the cache (default: `feature_name`, e.g. tfidf-svd300); one encoder only
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "auto"  # compute dtype: auto | float32 | bfloat16 | float16
     store_dtype: str = "float32"  # stored vectors: float32 | float16
@@ -148,7 +148,7 @@ def extract(config: ExtractConfig, prepared: dict[str, Encoder] | None = None) -
     if prepared and config.backend != "local":
         # Their weights (fine-tuned, or a fit) live in this process; an actor would load the registry's.
         raise InputError("prepared encoders (feat predict) run on the local backend only")
-    named = prepared or {config.name or e.name: e for e in _create_encoders(config)}
+    named = prepared or {config.name or feature_name(e.name, e.options): e for e in _create_encoders(config)}
     encoders = list(named.values())
     needs_image = any("image" in e.modality for e in encoders)
     table = load_table(config.data, config.columns, config.image_root, config.allow_outside_root, config.predict)

@@ -73,7 +73,7 @@ def _write(config: StudyConfig, preset: Preset, team: Lineup, outcomes: list[Out
     figure.draw(out / FIGURE, table, summary.test_metric, summary.metric,
                 f"{_dataset(config)}, label '{config.label}'", missing)
     text = report.render(report.ReportInput(
-        _title(config), _setup(config, preset, out, results), table, best, missing, comparison, other_text, costs,
+        _title(config), _setup(config, preset, team, _ran(team, outcomes), out, results), table, best, missing, comparison, other_text, costs,
         skipped,
         summary.metric, summary.test_metric, FIGURE, _command(config)))
     atomic_write(out / REPORT, lambda p: p.write_text(text))
@@ -129,7 +129,40 @@ def _title(config: StudyConfig) -> str:
     return f"{_dataset(config)} (label `{config.label}`)"
 
 
-def _setup(config: StudyConfig, preset: Preset, out: Path, results: pd.DataFrame) -> list[str]:
+def _ran(team: Lineup, outcomes: list[Outcome]) -> list:
+    available = {o.encoder.feature for o in outcomes if o.available}
+    return [e for e in team.encoders if e.feature in available]
+
+
+def _encoders(config: StudyConfig, preset: Preset, team: Lineup, ran: list) -> str:
+    """The encoders that ran, by role: the report describes this run, not the preset's full list."""
+    features = {e.feature for e in ran}
+
+    def listed(role: str) -> str:
+        return ", ".join(e.feature for e in ran if e.role == role) or "none"
+
+    pairs = ", ".join("+".join(p) for p in team.duals if set(p) <= features) or "none"
+    chosen = "the encoders given by --encoders" if config.encoders is not None else "the preset's encoders"
+    skipped = len(team.encoders) - len(ran)
+    return (f"Preset `{preset.name}` ({preset.note}), on {chosen} that ran: text towers {listed(TEXT)}; image "
+            f"towers {listed(IMAGE)}; joint encoders {listed(JOINT)}; dual-encoder pairs {pairs}."
+            + (f" {skipped} more could not run (see Skipped encoders)." if skipped else ""))
+
+
+def _views(preset: Preset, ran: list) -> list[str]:
+    """Which view of an encoder a feature set is, when the preset chose one, and why."""
+    notes = []
+    for e in ran:
+        if e.options.svd_dim and e.encoder == "tfidf":
+            why = preset.why.get(e.encoder)
+            notes.append(f"TF-IDF enters as `{e.feature}`: the dense {e.options.svd_dim}-dim TruncatedSVD view of "
+                         "the TF-IDF fitted on the train split, not the sparse rows that `feat extract -e tfidf` "
+                         f"stores as `tfidf` (the two score differently){f', because {why}' if why else ''}.")
+    return notes
+
+
+def _setup(config: StudyConfig, preset: Preset, team: Lineup, ran: list, out: Path,
+           results: pd.DataFrame) -> list[str]:
     from feat.fuse import artifacts as art
     from feat.fuse.data import describe_report
 
@@ -137,7 +170,7 @@ def _setup(config: StudyConfig, preset: Preset, out: Path, results: pd.DataFrame
     train = run["train"]
     return [f"Data: `{config.data}`; {describe_report(run['data'])}; {len(run['classes'])} classes "
             f"({', '.join(run['classes'])}).",
-            f"Preset `{preset.name}`: {preset.note}.",
+            _encoders(config, preset, team, ran), *_views(preset, ran),
             f"Fusion strategies on every multi-input set: {', '.join(config.strategies or preset.strategies)}; "
             f"{config.seeds or preset.seeds} seeds per configuration; heads of `feat ablate` with its defaults "
             f"(lr {train['lr']}, batch {train['batch_size']}, at most {train['epochs']} epochs, early stopping on "
