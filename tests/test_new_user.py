@@ -172,3 +172,59 @@ def test_extract_names_the_dense_tfidf_view_as_study_does(tmp_path):
     cli("extract", data, "-e", "tfidf", "--svd-dim", "2", "-c", tmp_path / "c")
     assert FeatureCache(tmp_path / "c").feature_names() == ["tfidf", "tfidf-svd2"]
     assert FeatureCache(tmp_path / "c").read("tfidf-svd2").rows.matrix.shape == (12, 2)
+
+
+# ----- 9. learning_curve.png and study.png: figures a person would paste into a paper -------------------
+def test_learning_curve_is_titled_labelled_and_keeps_legends_off_the_curves(tmp_path):
+    import numpy as np
+    import pandas as pd
+    from PIL import Image
+
+    from feat.fuse.artifacts import chance_level, curve_figure, learning_curve
+
+    history = pd.DataFrame({"epoch": [1], "train_loss": [0.61], "dev_loss": [0.66], "dev_f1": [0.48]})
+    chance = chance_level("f1", np.array([0, 0, 0, 1]), 2)
+    assert chance == pytest.approx(0.25 / 0.75)  # precision 1/4, recall 1/2
+    fig = curve_figure(history, "f1", 1, "mvsa, label 'label': logreg on minilm, seed 0", ["neg", "pos"], chance)
+    loss, score = fig.axes
+    assert fig._suptitle.get_text() == "mvsa, label 'label': logreg on minilm, seed 0"
+    assert score.get_ylabel() == "dev F1 of class 'pos'" and loss.get_ylabel() == "cross-entropy loss"
+    assert loss.get_xlabel() == score.get_xlabel() == "epoch"
+    assert score.get_ylim() == (0, 1.02) and loss.get_ylim() == (0, pytest.approx(0.726)), "points inside"
+    assert score.get_xlim() == (0.5, 1.5), "one fit: a unit-wide axis, not a 0.96-1.04 zoom"
+    assert any(line.get_label().startswith("chance (0.333)") for line in score.get_lines())
+    fig.canvas.draw()
+    for ax in (loss, score):
+        assert not ax.get_legend().get_window_extent().overlaps(ax.get_window_extent()), "legend over the plot"
+    learning_curve(tmp_path / "c.png", history, "f1", 1, "t", ["neg", "pos"])
+    assert Image.open(tmp_path / "c.png").size >= (900, 400)
+
+
+def test_study_figure_names_dataset_label_metric_and_class_and_draws_no_empty_group(tmp_path):
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    from feat.study import figure
+    from feat.study.answers import Missing
+
+    table = pd.DataFrame({"group": ["text-only", "image-only", "fusion of towers"], "features": ["t", "i", "t+i"],
+                          "strategy": ["single", "single", "concat"], "runs": [3, 3, 3],
+                          "test_f1_mean": [0.55, 0.5, 0.6], "test_ci_low": [0.5, 0.45, 0.55],
+                          "test_ci_high": [0.6, 0.55, 0.65]})
+    missing = {"joint encoder": Missing([], "no joint encoder or dual-encoder pair in this study")}
+    drawn = {}
+    original = plt.close
+    plt.close = lambda fig: drawn.setdefault("fig", fig)
+    try:
+        figure.draw(tmp_path / "s.png", table, "f1", "f1", "mvsa/data.csv, label 'label'", missing,
+                    ["negative", "positive"], 0.4)
+    finally:
+        plt.close = original
+    ax = drawn["fig"].axes[0]
+    assert ax.get_title(loc="left") == ("Unimodal vs multimodal: mvsa/data.csv, label 'label', test F1 of class "
+                                        "'positive'")
+    assert ax.get_xlim() == (0, 1) and ax.get_xlabel().startswith("test F1 of class 'positive' (mean over 3 seeds")
+    labels = [t.get_text() for t in ax.texts]
+    assert "joint encoder" not in labels and {"text-only", "image-only", "fusion of towers"} <= set(labels)
+    assert any(line.get_label() == "chance (0.400)" for line in ax.get_lines())
+    assert "Not drawn, no configuration: joint encoder" in drawn["fig"].texts[0].get_text()

@@ -70,14 +70,25 @@ def _write(config: StudyConfig, preset: Preset, team: Lineup, outcomes: list[Out
     comparison = answers.compare(out / ABLATION, results, best, summary.test_metric)
     other_text = answers.compare_other_text(out / ABLATION, results, table, best, summary.test_metric)
     write_csv(out / CONFIGURATIONS, table)
+    classes, chance = _chance(out / ABLATION / results["run"].iloc[0], summary.test_metric)
     figure.draw(out / FIGURE, table, summary.test_metric, summary.metric,
-                f"{_dataset(config)}, label '{config.label}'", missing)
+                f"{_dataset(config)}, label '{config.label}'", missing, classes, chance)
     text = report.render(report.ReportInput(
         _title(config), _setup(config, preset, team, _ran(team, outcomes), out, results), table, best, missing, comparison, other_text, costs,
         skipped,
         summary.metric, summary.test_metric, FIGURE, _command(config)))
     atomic_write(out / REPORT, lambda p: p.write_text(text))
     return StudyResult(out, out / REPORT, out / FIGURE, table, best, comparison, other_text, costs, skipped)
+
+
+def _chance(run: Path, metric: str) -> tuple[list[str], float | None]:
+    """The classes, and the test metric of random guessing on the test labels (every run has the same)."""
+    from feat.fuse import artifacts as art
+
+    classes = art.read_json(run / art.CONFIG)["classes"]
+    true = pd.read_csv(run / "predictions_test.csv", dtype={"true": str}, keep_default_na=False)["true"]
+    position = {c: i for i, c in enumerate(classes)}
+    return classes, art.chance_level(metric, true.map(position).to_numpy(), len(classes))
 
 
 def _check_label(config: StudyConfig) -> None:
