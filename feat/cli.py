@@ -218,10 +218,9 @@ def fuse(
 ):
     """Train one fusion head on cached features; writes config, weights, metrics, predictions and a plot."""
     from feat.console import console
+    from feat.errors import InputError
     from feat.fuse.data import describe_report
     from feat.fuse.run import FuseSpec, run_fuse
-
-    from feat.errors import InputError
 
     if len(_list([strategy])) != 1:
         raise InputError(f"feat fuse trains one head: give one strategy, not '{strategy}' (feat ablate compares "
@@ -249,12 +248,10 @@ def evaluate(
     import json
 
     from feat.console import console
-    from feat.errors import FeatError
-    from feat.fuse.run import evaluate_run
-
     from feat.data import SPLIT_ALIASES
-
+    from feat.errors import FeatError
     from feat.fuse.artifacts import resolve_run
+    from feat.fuse.run import evaluate_run
 
     split = SPLIT_ALIASES.get(split.strip().lower(), split)
     run = resolve_run(run)
@@ -435,7 +432,9 @@ def predict(
     data: Annotated[Path, typer.Argument(help="Rows to label (CSV/TSV/Parquet); no split or label column needed.")],
     out: Annotated[Path, typer.Option(help="Predictions CSV: id, pred, p_<class> per class, reason.")] = Path("predictions.csv"),
     cache: Annotated[Optional[Path], typer.Option("--cache", "-c", help="Feature cache of the new rows "
-                                                                       "(default: RUN/predict-cache).")] = None,
+                                                                       "(default: RUN/predict-cache); a cache "
+                                                                       "holding a dataset is only read: its rows "
+                                                                       "are reused.")] = None,
     id_col: Annotated[Optional[str], typer.Option(help="Id column (default: as in the run's cache).")] = None,
     text_col: Annotated[Optional[str], typer.Option(help="Text column (default: as in the run's cache).")] = None,
     image_col: Annotated[Optional[str], typer.Option(help="Image column (default: as in the run's cache).")] = None,
@@ -455,8 +454,9 @@ def predict(
     from feat.fuse.artifacts import resolve_run
     from feat.predict import PredictSpec, predict as run_predict
 
-    report = run_predict(PredictSpec(resolve_run(run), data, out, cache, {"id": id_col, "text": text_col, "image": image_col},
-                                     image_root, allow_outside_root, device, batch_size, num_workers, on_bad_image))
+    report = run_predict(PredictSpec(resolve_run(run), data, out, cache,
+                                     {"id": id_col, "text": text_col, "image": image_col}, image_root,
+                                     allow_outside_root, device, batch_size, num_workers, on_bad_image))
     for extraction in report.extract:
         for note in extraction.notes:
             console.print(f"[dim]{escape(note)}", soft_wrap=True)

@@ -64,7 +64,7 @@ def predict(spec: PredictSpec) -> PredictReport:
     for feature, encoder in encoders.items():
         check_fingerprint(feature, encoder, saved.fingerprint(feature), f"run {spec.run}")
     cache, reuse = _caches(spec, saved)
-    columns = replace(_run_columns(saved), **{k: v for k, v in spec.columns.items() if v})
+    columns = replace(_run_columns(saved, encoders.values()), **{k: v for k, v in spec.columns.items() if v})
     # One extraction per (compute dtype, stored dtype): the runner takes one of each per call.
     groups: dict[tuple[str, str], list[str]] = {}
     for feature in saved.features:
@@ -118,8 +118,9 @@ def _holds_dataset(cache: Path) -> bool:
     return store.items_path.exists() and bool(set(store.read_items()["split"]) - {PREDICT})
 
 
-def _run_columns(saved):
-    """The column names the run's cache was extracted with (the new table is most likely laid out alike)."""
+def _run_columns(saved, encoders):
+    """The column names the run's cache was extracted with (the new table is most likely laid out alike), for
+    the inputs the run's encoders read: a text column an image-only run never used is not required."""
     import json
 
     from feat.cache import FeatureCache
@@ -129,7 +130,9 @@ def _run_columns(saved):
     if not store.items_path.exists():
         return Columns()
     value = store.items_attrs().get("columns")
-    return Columns(**(json.loads(value) if isinstance(value, str) else value or {}))
+    columns = Columns(**(json.loads(value) if isinstance(value, str) else value or {}))
+    read = {m for encoder in encoders for m in ("text", "image") if m in encoder.modality}
+    return replace(columns, **{slot: getattr(Columns(), slot) for slot in ("text", "image") if slot not in read})
 
 
 def _predict_frame(saved, ids: np.ndarray, matrices: dict, valid: dict, reasons: dict):

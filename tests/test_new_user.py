@@ -149,9 +149,10 @@ def test_plain_progress_lines_come_every_few_seconds_with_rate_and_eta(capsys, m
             seen += capsys.readouterr().err
         advance(2)
     lines = (seen + capsys.readouterr().err).splitlines()
-    assert lines[0] == "runs: 1/4 runs (25%), 0.0 runs/s, elapsed 0:00, ETA unknown"
+    assert lines[0] == "runs: 1/4 runs (25%), elapsed 0:00"
     ticks = [line for line in lines[1:] if "ETA" in line]
     assert ticks and all(line.startswith("runs: 2/4 runs (50%), ") and " runs/s, " in line for line in ticks)
+    assert feat_console._rate(1 / 70) == "0.014" and feat_console._rate(12.345) == "12.3"
     assert lines[-1].startswith("runs: 4/4 runs (100%), ") and lines[-1].endswith(", done")
 
 
@@ -228,3 +229,22 @@ def test_study_figure_names_dataset_label_metric_and_class_and_draws_no_empty_gr
     assert "joint encoder" not in labels and {"text-only", "image-only", "fusion of towers"} <= set(labels)
     assert any(line.get_label() == "chance (0.400)" for line in ax.get_lines())
     assert "Not drawn, no configuration: joint encoder" in drawn["fig"].texts[0].get_text()
+
+
+# ----- 10. the demo encodes only what it uses ------------------------------------------------------------
+def test_the_demo_extracts_only_the_encoders_its_ablation_uses(tmp_path, monkeypatch):
+    import feat.extract.runner as runner
+    from feat import demo
+
+    class Stop(Exception):
+        pass
+
+    def extract(config, prepared=None):
+        seen["encoders"] = config.encoders
+        raise Stop
+
+    seen = {}
+    monkeypatch.setattr(runner, "extract", extract)
+    with pytest.raises(Stop):
+        demo.run_demo(tmp_path, rows=24)
+    assert seen["encoders"] == [demo.TEXT, demo.IMAGE] == ["minilm", "effnet"]
