@@ -168,7 +168,9 @@ def test_log_lines_are_never_wrapped_at_80_columns(capsys):
 def test_extract_names_the_dense_tfidf_view_as_study_does(tmp_path):
     from feat.cache import FeatureCache
 
-    data = write_csv(tmp_path / "d.csv", RECORDS)
+    words = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu".split()
+    data = write_csv(tmp_path / "d.csv", [{**r, "text": " ".join(words[i:] + words[:i][::2])}
+                                          for i, r in enumerate(RECORDS)])
     cli("extract", data, "-e", "tfidf", "-c", tmp_path / "c")
     cli("extract", data, "-e", "tfidf", "--svd-dim", "2", "-c", tmp_path / "c")
     assert FeatureCache(tmp_path / "c").feature_names() == ["tfidf", "tfidf-svd2"]
