@@ -36,6 +36,11 @@ def _friendly_errors(command):
     return wrapper
 
 
+def _list(values: list[str] | None) -> list[str]:
+    """Every list option: repeated, comma-separated or both (`-e a -e b` = `-e a,b`); order kept, repeats dropped."""
+    return list(dict.fromkeys(v.strip() for value in values or [] for v in value.split(",") if v.strip()))
+
+
 Data = Annotated[Path, typer.Argument(help="CSV/TSV/Parquet file with a split column, or a folder of "
                                            "train*/dev*/test* files.")]
 CacheDir = Annotated[Path, typer.Option("--cache", "-c", help="Cache folder.")]
@@ -45,11 +50,12 @@ CacheDir = Annotated[Path, typer.Option("--cache", "-c", help="Cache folder.")]
 @_friendly_errors
 def extract(
     data: Data,
-    encoder: Annotated[list[str], typer.Option("--encoder", "-e", help="Encoder name; repeat for several. "
-                                               "See `feat encoders`.")],
+    encoder: Annotated[list[str], typer.Option("--encoder", "--encoders", "-e", help="Encoder names, "
+                                               "comma-separated or repeated. See `feat encoders`.")],
     cache: CacheDir = Path("feat-cache"),
     model: Annotated[Optional[str], typer.Option(help="Checkpoint id or local folder (one encoder only).")] = None,
-    name: Annotated[Optional[str], typer.Option(help="Feature-set name in the cache (default: encoder name).")] = None,
+    name: Annotated[Optional[str], typer.Option(help="Feature-set name in the cache (default: encoder name; "
+                                                    "tfidf-svdN with --svd-dim N).")] = None,
     pooling: Annotated[Optional[str], typer.Option(help="Text: cls | mean (| pooler); vision: pooler | cls | mean; flava: cls | pooler.")] = None,
     max_length: Annotated[Optional[int], typer.Option(help="Text truncation in tokens.")] = None,
     svd_dim: Annotated[Optional[int], typer.Option(help="TF-IDF: dense SVD view of this size.")] = None,
@@ -90,7 +96,7 @@ def extract(
     from feat.extract.runner import ExtractConfig, extract as run_extract
 
     report = run_extract(ExtractConfig(
-        data=data, cache=cache, encoders=encoder, columns=Columns(id_col, text_col, image_col, split_col),
+        data=data, cache=cache, encoders=_list(encoder), columns=Columns(id_col, text_col, image_col, split_col),
         image_root=image_root, allow_outside_root=allow_outside_root,
         options=EncoderOptions(model=model, pooling=pooling, max_length=max_length, svd_dim=svd_dim),
         name=name, device=device, dtype=dtype, store_dtype=store_dtype, batch_size=batch_size,
@@ -205,16 +211,19 @@ def _strategy_help() -> str:
     return f"Fusion strategy. {strategy_help()}."
 
 
-def _split_features(value: str) -> list[str]:
-    return [f.strip() for f in value.split(",") if f.strip()]
+Strategies = Annotated[list[str], typer.Option("--strategies", "--strategy", help="Strategies for the "
+                                               "multi-input sets: all | reference (the five reference heads) | "
+                                               "names, comma-separated or repeated. Unimodal baselines run "
+                                               "automatically.")]
 
 
 @app.command()
 @_friendly_errors
 def fuse(
-    features: Annotated[str, typer.Option(help="Comma-separated feature sets of the cache, one head input each.")],
+    features: Annotated[list[str], typer.Option(help="Feature sets of the cache, one head input each; "
+                                                    "comma-separated or repeated.")],
     cache: CacheDir = Path("feat-cache"),
-    strategy: Annotated[str, typer.Option(help=_strategy_help())] = "proj_concat",
+    strategy: Annotated[str, typer.Option("--strategy", "--strategies", help=_strategy_help())] = "proj_concat",
     label: Label = "label",
     seed: Annotated[int, typer.Option(help="Seed of init, dropout and batch order.")] = 0,
     out: Annotated[Path, typer.Option(help="Run folder to write.")] = Path("feat-run"),
@@ -228,28 +237,38 @@ def fuse(
     """Train one fusion head on cached features; writes config, weights, metrics, predictions and a plot.
     With --cv K: one run per fold (OUT/runs/...), validation mean over folds, test scored by the fold ensemble."""
     from feat.console import console
+    from feat.errors import InputError
     from feat.fuse.ablate import describe_run, fuse as run_fuse
     from feat.fuse.run import FuseSpec
 
+    if len(_list([strategy])) != 1:
+        raise InputError(f"feat fuse trains one head: give one strategy, not '{strategy}' (feat ablate compares "
+                         "several)")
+    features = _list(features)
     head, train, folds = _configs(locals())
-    console.print(describe_run(run_fuse(FuseSpec(cache, _split_features(features), label, out, head, train,
-                                                 positive=positive_label, cv=folds))), soft_wrap=True, markup=False)
+    console.print(describe_run(run_fuse(FuseSpec(cache, features, label, out, head, train, positive=positive_label,
+                                                 cv=folds))), soft_wrap=True, markup=False)
 
 
 @app.command()
 @_friendly_errors
 def evaluate(
-    run: Annotated[Path, typer.Argument(help="Run folder written by `feat fuse` (or an ablation run).")],
-    split: Annotated[str, typer.Option(help="train | dev | test")] = "dev",
+    run: Annotated[Path, typer.Argument(help="Run folder written by `feat fuse`, an ablation's run, or an ablation "
+                                             "folder (its best run).")],
+    split: Annotated[str, typer.Option(help="train | dev | test (val, validation = dev)")] = "dev",
     cache: Annotated[Optional[Path], typer.Option("--cache", "-c", help="Cache folder (default: the run's).")] = None,
 ):
     """Recompute a run's metrics from its saved head and the cache; they must equal metrics.json."""
     import json
 
     from feat.console import console
+    from feat.data import SPLIT_ALIASES
     from feat.errors import FeatError
+    from feat.fuse.artifacts import resolve_run
     from feat.fuse.run import evaluate_run
 
+    split = SPLIT_ALIASES.get(split.strip().lower(), split)
+    run = resolve_run(run)
     result = evaluate_run(run, split, cache)
     typer.echo(json.dumps(result.metrics, indent=2))
     if result.saved is None:
@@ -266,9 +285,7 @@ def ablate(
     features: Annotated[list[str], typer.Option(help="A feature set (comma-separated for several inputs); "
                                                     "repeat, e.g. --features minilm --features minilm,effnet.")],
     cache: CacheDir = Path("feat-cache"),
-    strategies: Annotated[list[str], typer.Option(help="Strategies for the multi-input sets: all | reference "
-                                                      "(the five reference heads) | names, comma-separated or "
-                                                      "repeated. Unimodal baselines run automatically.")] = ["all"],
+    strategies: Strategies = ["all"],
     seeds: Annotated[int, typer.Option(help="Seeds per configuration (0 .. N-1).")] = 5,
     label: Label = "label",
     out: Annotated[Path, typer.Option(help="Ablation folder (re-running resumes it).")] = Path("feat-ablation"),
@@ -290,7 +307,7 @@ def ablate(
     from feat.fuse.ablate import AblateSpec, run_ablation
 
     head, train, folds = _configs(locals())  # strategy and seed are set per run
-    summary = run_ablation(AblateSpec(cache, [_split_features(f) for f in features], strategies, seeds, label,
+    summary = run_ablation(AblateSpec(cache, [_list([f]) for f in features], _list(strategies), seeds, label,
                                       out, head, train, workers, curves, folds, tune, positive_label,
                                       attribution=attribution))
     typer.echo(summary.markdown)
@@ -300,6 +317,8 @@ def ablate(
 def _model_overrides(values: list[str]) -> dict[str, str]:
     from feat.errors import InputError
 
+    # Comma-separated like every list option, unless a piece has no '=': then the comma is part of a path.
+    values = [piece for v in values for piece in (v.split(",") if all("=" in p for p in v.split(",")) else [v])]
     pairs = [v.split("=", 1) for v in values]
     bad = [v for v, p in zip(values, pairs) if len(p) != 2 or not p[0].strip() or not p[1].strip()]
     if bad:
@@ -311,17 +330,19 @@ def _model_overrides(values: list[str]) -> dict[str, str]:
 @_friendly_errors
 def study(
     data: Data,
-    label: Annotated[str, typer.Option(help="Label column (the task).")],
+    label: Label = "label",
     out: Annotated[Path, typer.Option(help="Study folder: report.md, study.png, costs.json, ablation/, cache/.")] = Path("feat-study"),
     preset: Annotated[str, typer.Option(help="Study preset; `reference`: the unimodal-vs-multimodal study "
                                              "(text towers, image towers, their pairs, joint encoders).")] = "reference",
-    encoders: Annotated[Optional[str], typer.Option(help="Comma-separated encoders replacing the preset's "
-                                                         "list, e.g. minilm,tfidf,effnet.")] = None,
+    encoders: Annotated[Optional[list[str]], typer.Option("--encoders", "--encoder", "-e", help="Encoders "
+                                                         "replacing the preset's list, comma-separated or "
+                                                         "repeated, e.g. minilm,tfidf,effnet.")] = None,
     model: Annotated[list[str], typer.Option(help="ENCODER=ID_OR_FOLDER: another checkpoint or a local folder "
-                                                 "for one encoder; repeat for several.")] = [],
+                                                 "for one encoder; comma-separated or repeated for several.")] = [],
     seeds: Annotated[Optional[int], typer.Option(help="Seeds per configuration (default: the preset's).")] = None,
-    strategies: Annotated[Optional[str], typer.Option(help="Comma-separated fusion strategies for the pairs "
-                                                           "(default: the preset's).")] = None,
+    strategies: Annotated[Optional[list[str]], typer.Option("--strategies", "--strategy", help="Fusion "
+                                                                 "strategies for the pairs, comma-separated or "
+                                                                 "repeated (default: the preset's).")] = None,
     cache: Annotated[Optional[Path], typer.Option("--cache", "-c", help="Feature cache (default: OUT/cache).")] = None,
     id_col: Annotated[str, typer.Option(help="Id column.")] = "id",
     text_col: Annotated[str, typer.Option(help="Text column.")] = "text",
@@ -344,8 +365,7 @@ def study(
 
     result = run_study(StudyConfig(
         data=data, label=label, out=out, preset=preset, models=_model_overrides(model), seeds=seeds,
-        encoders=_split_features(encoders) if encoders is not None else None,
-        strategies=_split_features(strategies) if strategies is not None else None, cache=cache,
+        encoders=_list(encoders) or None, strategies=_list(strategies) or None, cache=cache,
         columns=Columns(id_col, text_col, image_col, split_col), image_root=image_root, device=device,
         num_workers=num_workers, workers=workers, force=force, cv=cv, cv_repeats=cv_repeats, group_col=group_col,
         tune=tune, positive=positive_label))
@@ -416,6 +436,9 @@ def finetune(
     from feat.console import console
     from feat.finetune.config import FinetuneConfig
     from feat.finetune.run import FinetuneSpec, describe, run_finetune
+    from feat.fuse.artifacts import resolve_run
+
+    run = resolve_run(run, ablation=False)  # an ablation folder itself: --top picks among its runs
 
     config = FinetuneConfig(epochs=epochs, batch_size=batch_size, grad_accum=grad_accum, max_steps=max_steps,
                             lr_encoder=lr_encoder, lr_head=lr_head, weight_decay=weight_decay, warmup=warmup,
@@ -430,11 +453,14 @@ def finetune(
 @app.command()
 @_friendly_errors
 def predict(
-    run: Annotated[Path, typer.Argument(help="A `feat fuse` or `feat finetune` run folder.")],
+    run: Annotated[Path, typer.Argument(help="A `feat fuse` or `feat finetune` run folder, or an ablation folder "
+                                             "(its best run).")],
     data: Annotated[Path, typer.Argument(help="Rows to label (CSV/TSV/Parquet); no split or label column needed.")],
     out: Annotated[Path, typer.Option(help="Predictions CSV: id, pred, p_<class> per class, reason.")] = Path("predictions.csv"),
     cache: Annotated[Optional[Path], typer.Option("--cache", "-c", help="Feature cache of the new rows "
-                                                                       "(default: RUN/predict-cache).")] = None,
+                                                                       "(default: RUN/predict-cache); a cache "
+                                                                       "holding a dataset is only read: its rows "
+                                                                       "are reused.")] = None,
     id_col: Annotated[Optional[str], typer.Option(help="Id column (default: as in the run's cache).")] = None,
     text_col: Annotated[Optional[str], typer.Option(help="Text column (default: as in the run's cache).")] = None,
     image_col: Annotated[Optional[str], typer.Option(help="Image column (default: as in the run's cache).")] = None,
@@ -451,10 +477,12 @@ def predict(
     from rich.markup import escape
 
     from feat.console import console
+    from feat.fuse.artifacts import resolve_run
     from feat.predict import PredictSpec, predict as run_predict
 
-    report = run_predict(PredictSpec(run, data, out, cache, {"id": id_col, "text": text_col, "image": image_col},
-                                     image_root, allow_outside_root, device, batch_size, num_workers, on_bad_image))
+    report = run_predict(PredictSpec(resolve_run(run), data, out, cache,
+                                     {"id": id_col, "text": text_col, "image": image_col}, image_root,
+                                     allow_outside_root, device, batch_size, num_workers, on_bad_image))
     for extraction in report.extract:
         for note in extraction.notes:
             console.print(f"[dim]{escape(note)}", soft_wrap=True)

@@ -68,8 +68,7 @@ class Table:
         return len(self.frame)
 
     def extra_columns(self) -> list[str]:
-        core = {"id", "split", "text", "image", "image_path", "image_error"}
-        return [c for c in self.frame.columns if c not in core]
+        return [c for c in self.frame.columns if c not in CANONICAL]
 
 
 def load_table(
@@ -162,6 +161,7 @@ def _canonical_frame(raw: pd.DataFrame, columns: Columns, path: Path, notes: lis
     if columns.split not in raw and not predict:
         raise InputError(f"{path}: missing split column '{columns.split}' (columns: {', '.join(raw.columns)}; "
                          "use --split-col)")
+    _check_named_columns(raw, columns, path, predict)
     if columns.text not in raw and columns.image not in raw:
         raise InputError(f"{path}: neither a text column '{columns.text}' nor an image column '{columns.image}' "
                          f"(columns: {', '.join(raw.columns)}; use --text-col / --image-col)")
@@ -193,9 +193,32 @@ def _canonical_frame(raw: pd.DataFrame, columns: Columns, path: Path, notes: lis
         frame["image"] = raw[columns.image].astype(str).str.strip()
     used = {columns.id, columns.split, columns.text, columns.image}
     for name in raw.columns:
-        if name not in used and name not in frame:
-            frame[name] = raw[name].astype(str)
+        if name in used:
+            continue
+        if name in CANONICAL:
+            # A raw column named like a slot another column fills (e.g. `text` beside --text-col caption) must
+            # not slip into that slot: the user chose the other column.
+            why = (f"--{name}-col is '{getattr(columns, name)}'" if name in ("id", "split", "text", "image")
+                   else "feat derives it from the image column")
+            notes.append(f"column '{name}' ignored: {why}")
+            continue
+        frame[name] = raw[name].astype(str)
     return frame.reset_index(drop=True)
+
+
+CANONICAL = ("id", "split", "text", "image", "image_path", "image_error")
+
+
+def _check_named_columns(raw: pd.DataFrame, columns: Columns, path: Path, predict: bool) -> None:
+    """A column option set to another name than its default must name a column of the table: falling back to
+    the default (or deriving ids) would quietly use other data than the user asked for."""
+    defaults = Columns()
+    for slot in ("id", "text", "image", "split"):
+        name = getattr(columns, slot)
+        if slot == "split" and predict:
+            continue
+        if name != getattr(defaults, slot) and name not in raw:
+            raise InputError(f"{path}: no column '{name}' (--{slot}-col; columns: {', '.join(raw.columns)})")
 
 
 def _replace_nul(frame: pd.DataFrame, notes: list[str]) -> None:

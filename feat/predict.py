@@ -4,7 +4,8 @@ The rows are encoded by the run's own encoders through the extraction machinery,
 (default RUN/predict-cache): the same preprocessing, batching, bad-image policies and reports as `feat
 extract`, and a second call on the same rows encodes nothing. Every encoder must make exactly the features
 the run was trained on: its fingerprint is compared with the one in the run's config.json and a difference
-is refused. TF-IDF transforms with the fit stored in the run's cache, never refitted on the new rows; a
+is refused. Rows the run's training cache (or a dataset cache named by --cache) already holds under the same
+fingerprint, id and content are copied, not encoded again. TF-IDF transforms with the fit stored in the run's cache, never refitted on the new rows; a
 fine-tuned run's encoders carry its fine-tuned weights. Then the run's standardisation, missing-value rule
 and head.
 
@@ -31,7 +32,9 @@ class PredictSpec:
     run: Path  # a `feat fuse` or `feat finetune` run folder
     data: Path  # the rows to label (CSV/TSV/Parquet); split and label columns are not needed
     out: Path  # the predictions CSV to write
-    cache: Path | None = None  # the new rows' feature cache (default: RUN/predict-cache)
+    # the new rows' feature cache (default: RUN/predict-cache); a cache holding a dataset (train/dev/test rows) is
+    # only read from: its rows are reused and the new rows' features go to RUN/predict-cache
+    cache: Path | None = None
     columns: dict = field(default_factory=dict)  # id/text/image column names that differ from the run's cache
     image_root: Path | None = None  # image paths are relative to this (default: the data file's folder)
     allow_outside_root: bool = False  # accept image paths that resolve outside image_root
@@ -60,9 +63,8 @@ def predict(spec: PredictSpec) -> PredictReport:
     encoders = saved.encoders()
     for feature, encoder in encoders.items():
         check_fingerprint(feature, encoder, saved.fingerprint(feature), f"run {spec.run}")
-    cache = Path(spec.cache) if spec.cache is not None else Path(spec.run) / PREDICT_CACHE
-    _refuse_training_cache(cache)
-    columns = replace(_run_columns(saved), **{k: v for k, v in spec.columns.items() if v})
+    cache, reuse = _caches(spec, saved)
+    columns = replace(_run_columns(saved, encoders.values()), **{k: v for k, v in spec.columns.items() if v})
     # One extraction per (compute dtype, stored dtype): the runner takes one of each per call.
     groups: dict[tuple[str, str], list[str]] = {}
     for feature in saved.features:
@@ -76,7 +78,7 @@ def predict(spec: PredictSpec) -> PredictReport:
                                num_workers=spec.num_workers, on_bad_image=spec.on_bad_image,
                                # RUN/predict-cache holds only this run's features: a stale set there is
                                # re-encoded; a cache the user names is never overwritten silently.
-                               force=spec.cache is None, predict=True)
+                               force=cache == Path(spec.run) / PREDICT_CACHE, predict=True, reuse_from=reuse)
         reports.append(extract(config, {name: encoders[name] for name in names}))
 
     store = FeatureCache(cache)
@@ -97,20 +99,28 @@ def predict(spec: PredictSpec) -> PredictReport:
     return PredictReport(out, cache, len(ids), len(ids) - len(unpredicted), unpredicted, reports)
 
 
-def _refuse_training_cache(cache: Path) -> None:
-    """Encoding new rows into a cache replaces its table: a cache with train/dev/test rows would lose them."""
+def _caches(spec: PredictSpec, saved) -> tuple[Path, list[Path]]:
+    """Where the new rows' features go, and the caches their already-encoded rows are copied from. Encoding new
+    rows into a cache replaces its table, so a cache with train/dev/test rows is only read from."""
+    default = Path(spec.run) / PREDICT_CACHE
+    reuse = [saved.cache]
+    if spec.cache is None:
+        return default, reuse
+    if _holds_dataset(Path(spec.cache)):
+        return default, [Path(spec.cache), *reuse]
+    return Path(spec.cache), reuse
+
+
+def _holds_dataset(cache: Path) -> bool:
     from feat.cache import FeatureCache
 
     store = FeatureCache(cache)
-    if store.items_path.exists():
-        splits = set(store.read_items()["split"]) - {PREDICT}
-        if splits:
-            raise InputError(f"--cache {cache} holds a dataset with {'/'.join(sorted(splits))} rows; predicting "
-                             "into it would replace them: use another folder (default: RUN/predict-cache)")
+    return store.items_path.exists() and bool(set(store.read_items()["split"]) - {PREDICT})
 
 
-def _run_columns(saved):
-    """The column names the run's cache was extracted with (the new table is most likely laid out alike)."""
+def _run_columns(saved, encoders):
+    """The column names the run's cache was extracted with (the new table is most likely laid out alike), for
+    the inputs the run's encoders read: a text column an image-only run never used is not required."""
     import json
 
     from feat.cache import FeatureCache
@@ -120,7 +130,9 @@ def _run_columns(saved):
     if not store.items_path.exists():
         return Columns()
     value = store.items_attrs().get("columns")
-    return Columns(**(json.loads(value) if isinstance(value, str) else value or {}))
+    columns = Columns(**(json.loads(value) if isinstance(value, str) else value or {}))
+    read = {m for encoder in encoders for m in ("text", "image") if m in encoder.modality}
+    return replace(columns, **{slot: getattr(Columns(), slot) for slot in ("text", "image") if slot not in read})
 
 
 def _predict_frame(saved, ids: np.ndarray, matrices: dict, valid: dict, reasons: dict):

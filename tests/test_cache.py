@@ -418,8 +418,8 @@ def test_disk_full_leaves_nothing_half_written(tmp_path, tiny, monkeypatch, n, s
     _fail_nth_write(monkeypatch, n, OSError(errno.ENOSPC, "No space left on device"))
     result = cli("extract", data, "-e", "probe-text", "-c", cache, "--batch-size", "8", "--commit-every", "8",
                  expect=1)
-    line = result.output.strip()
-    assert len(line.splitlines()) == 1 and "could not write" in line and "No space left on device" in line
+    line = result.output.strip().splitlines()[-1]  # after the progress line
+    assert line.startswith("error: could not write") and "No space left on device" in line
     assert not [p for p in files_under(cache) if ".tmp" in p], "no temporary file left behind"
     assert (cache / "features" / "probe-text.h5").read_bytes() == complete, "the valid file is untouched"
     for part in FeatureCache(cache).parts_dir("probe-text").glob("part-*.h5"):

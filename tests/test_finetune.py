@@ -304,7 +304,9 @@ def test_top_k_of_an_ablation(tiny, tmp_path):
     cli("finetune", ablation, "--top", "2", "--data", tiny.data, "--out", out, "--max-steps", "1", *QUICK)
     results = pd.read_csv(out / "results.csv")
     assert len(results) == 2
-    best = (ablation / "best").read_text().strip()
+    from feat.fuse.artifacts import best_run
+
+    best = best_run(ablation)
     assert results["run"].iloc[0] == str(ablation / best)
     for folder in results["out"]:
         assert (pd.io.common.Path(folder) / "metrics.json").exists()

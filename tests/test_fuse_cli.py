@@ -48,7 +48,7 @@ def test_fuse_writes_a_complete_run_and_evaluate_reproduces_it(cache, tmp_path):
     assert {"epoch", "train_loss", "dev_auroc"} <= set(history.columns)
     config = json.loads((out / "config.json").read_text())
     assert config["classes"] == ["no", "yes"] and config["metric"] == "auroc" and config["positive_class"] == "yes"
-    assert "f1 of class 'yes'" in result.output and "AUROC" in result.output
+    assert "F1 of class 'yes'" in result.output and "AUROC" in result.output
     assert set(config["fingerprints"]) == {"a", "b"}
     assert config["head"]["strategy"] == "weighted_mean" and config["head"]["common_dim"] == 16
     assert (config["train"]["epochs"], config["train"]["batch_size"], config["train"]["lr"]) == (4, 32, 3e-3)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -29,11 +30,17 @@ def classes(run) -> list[str]:
     return json.loads((run / "config.json").read_text())["classes"]
 
 
-def unlabelled_copy(tiny, path):
-    """The table as new data arrives: no split, no label columns (images stay where they are)."""
+def unlabelled_copy(tiny, path, prefix: str = ""):
+    """The table as new data arrives: no split, no label columns (images stay where they are). A `prefix` on
+    the ids makes them rows the training cache does not hold, so that they go through the encoders."""
     frame = pd.read_csv(tiny.data, dtype=str, keep_default_na=False)
+    frame = frame.assign(id=prefix + frame["id"])
     frame[["id", "text", "image"]].to_csv(path, index=False)
     return path, frame
+
+
+def without_prefix(predicted: pd.DataFrame, prefix: str) -> pd.DataFrame:
+    return predicted.assign(id=predicted["id"].str.removeprefix(prefix))
 
 
 def assert_same_predictions(predicted: pd.DataFrame, saved_csv, names: list[str], atol: float) -> None:
@@ -45,17 +52,19 @@ def assert_same_predictions(predicted: pd.DataFrame, saved_csv, names: list[str]
 
 
 def test_a_fuse_run_labels_new_rows_as_it_labelled_dev_and_test(tiny, tmp_path):
-    data, frame = unlabelled_copy(tiny, tmp_path / "new.csv")
+    data, frame = unlabelled_copy(tiny, tmp_path / "new.csv", prefix="new-")
     out = tmp_path / "preds.csv"
     first = cli("predict", tiny.run, data, "--out", out, "--image-root", tiny.data.parent)
-    assert "48 of 48 rows predicted" in " ".join(first.output.split())
+    output = " ".join(first.output.split())
+    assert "48 of 48 rows predicted" in output and output.count("48 encoded in") == 3
     predicted = pd.read_csv(out, dtype={"id": str, "pred": str, "reason": str}, keep_default_na=False)
     names = classes(tiny.run)
     assert list(predicted.columns) == ["id", "pred", *[f"p_{c}" for c in names], "reason"]
     assert predicted["id"].tolist() == frame["id"].tolist(), "one line per input row, in order"
     assert (predicted["reason"] == "").all()
     for split in ("dev", "test"):
-        assert_same_predictions(predicted, tiny.run / f"predictions_{split}.csv", names, atol=1e-6)
+        assert_same_predictions(without_prefix(predicted, "new-"), tiny.run / f"predictions_{split}.csv", names,
+                                atol=1e-6)
     assert (tiny.run / "predict-cache" / "features").is_dir()
 
     second = cli("predict", tiny.run, data, "--out", tmp_path / "again.csv", "--image-root", tiny.data.parent)
@@ -131,10 +140,27 @@ def test_changed_encoder_weights_are_refused(tmp_path, tiny_model):
     assert not (tmp_path / "p.csv").exists()
 
 
-def test_a_training_cache_is_never_overwritten(tiny, tmp_path):
+def test_rows_of_the_training_cache_are_reused_not_encoded(tiny, tmp_path):
+    """Issue 16: `feat predict R data.csv` on rows the run was trained on re-encoded all of them."""
+    data, _ = unlabelled_copy(tiny, tmp_path / "known.csv")
+    out = tmp_path / "p.csv"
+    result = cli("predict", tiny.run, data, "--out", out, "--image-root", tiny.data.parent, "--cache", tmp_path / "c")
+    output = " ".join(result.output.split())
+    assert output.count("no forward pass, all rows reused from cache") == 3 and "48 of 48 rows predicted" in output
+    predicted = pd.read_csv(out, dtype={"id": str, "pred": str}, keep_default_na=False)
+    for split in ("dev", "test"):
+        assert_same_predictions(predicted, tiny.run / f"predictions_{split}.csv", classes(tiny.run), atol=1e-6)
+
+
+def test_a_training_cache_given_as_cache_is_read_never_overwritten(tiny, tmp_path):
     items = FeatureCache(tiny.cache).read_items()
-    result = cli("predict", tiny.run, tiny.data, "--out", tmp_path / "p.csv", "--cache", tiny.cache, expect=2)
-    assert "would replace them" in " ".join(result.output.split())
+    run = tmp_path / "run"
+    shutil.copytree(tiny.run, run)
+    result = cli("predict", run, tiny.data, "--out", tmp_path / "p.csv", "--cache", tiny.cache,
+                 "--image-root", tiny.data.parent)
+    output = " ".join(result.output.split())
+    assert output.count("no forward pass, all rows reused from cache") == 3
+    assert f"features in {run / 'predict-cache'}" in output
     assert FeatureCache(tiny.cache).read_items().equals(items)
 
 
@@ -142,3 +168,26 @@ def test_what_is_not_a_run_is_refused(tiny, tmp_path):
     assert "not a feat run folder" in " ".join(cli("predict", tmp_path, tiny.data, expect=2).output.split())
     assert "data not found" in cli("predict", tiny.run, tmp_path / "none.csv", "--out", tmp_path / "p.csv",
                                    expect=2).output
+
+
+def test_an_ablation_folder_or_its_best_file_stands_for_its_best_run(tiny, tmp_path):
+    """Issue 16: `feat predict A data.csv` and `feat predict A/best data.csv` were refused."""
+    import os
+
+    from feat.fuse import artifacts as art
+
+    data, _ = unlabelled_copy(tiny, tmp_path / "new.csv")
+    ablation = tmp_path / "A"
+    ablation.mkdir()
+    (ablation / "results.csv").write_text("run\n")
+    (ablation / "best").write_text(os.path.relpath(tiny.run, ablation) + "\n")  # the text form
+    for run in (ablation, ablation / "best"):
+        result = cli("predict", run, data, "--out", tmp_path / "p.csv", "--image-root", tiny.data.parent,
+                     "--cache", tmp_path / "c")
+        assert "48 of 48 rows predicted" in " ".join(result.output.split())
+
+
+def test_a_column_option_naming_no_column_is_refused(tiny, tmp_path):
+    data, _ = unlabelled_copy(tiny, tmp_path / "new.csv")
+    result = cli("predict", tiny.run, data, "--text-col", "caption", "--out", tmp_path / "p.csv", expect=2)
+    assert "no column 'caption' (--text-col" in " ".join(result.output.split())

@@ -226,7 +226,25 @@ def test_cli_runs_a_study(data, models, offline, tmp_path):
                  "--model", f"hf-text={models['hf-text']}", "--model", f"hf-vision={models['hf-vision']}",
                  "--seeds", "1", "--strategies", "concat", "--workers", "1")
     assert "# Unimodal vs multimodal" in result.output and (tmp_path / "s" / "report.md").exists()
-    assert "hf-text+hf-vision / concat" in (tmp_path / "s" / "report.md").read_text()
+    text = (tmp_path / "s" / "report.md").read_text()
+    assert "hf-text+hf-vision / concat" in text
+    # Issue 16: the report describes this run only, cites no file the user lacks, says each reason once.
+    assert ("on the encoders given by --encoders that ran: text towers hf-text; image towers hf-vision; joint "
+            "encoders none; dual-encoder pairs none.") in text
+    for absent in ("REFERENCE.md", "DeBERTa", "BLIP", "ALIGN", "FLAVA", "ViLT", "ResNet", "CLIP"):
+        assert absent not in text
+    assert text.count("none available: no joint encoder or dual-encoder pair in this study") == 1
+
+
+def test_the_report_says_which_tfidf_view_ran_and_why(data):
+    from feat.study.run import _views
+
+    team = lineup(REFERENCE, ["tfidf", "minilm"])
+    assert [e.feature for e in team.encoders] == ["tfidf-svd300", "minilm"]
+    (note,) = _views(REFERENCE, team.encoders)
+    assert note.startswith("TF-IDF enters as `tfidf-svd300`: the dense 300-dim TruncatedSVD view")
+    assert "`feat extract -e tfidf` stores as `tfidf`" in note and "because a head on" in note
+    assert _views(REFERENCE, [e for e in team.encoders if e.encoder == "minilm"]) == []
 
 
 @pytest.mark.slow

@@ -38,6 +38,13 @@ class EncoderOptions:
     svd_dim: int | None = None  # TF-IDF only: dense TruncatedSVD view of this size instead of sparse rows
 
 
+def feature_name(encoder: str, options: EncoderOptions) -> str:
+    """The default feature-set name, the same in every command: the encoder's, suffixed where an option makes
+    another kind of vector (TF-IDF's dense SVD view is `tfidf-svd300`, its sparse rows `tfidf`), so that the
+    two views never pass for each other in a cache, a summary or a report."""
+    return f"{encoder}-svd{options.svd_dim}" if options.svd_dim else encoder
+
+
 @dataclass(frozen=True)
 class Runtime:
     """Where and how the forward pass runs (never part of the fingerprint, except the compute dtype)."""

@@ -28,7 +28,7 @@ from feat.console import console, progress_bar
 from feat.data import Columns, Table, load_table
 from feat.errors import FeatError, InputError
 from feat.extract.base import (Encoder, EncoderOptions, FittedEncoder, ImageEncoder, JointEncoder, Runtime,
-                               TextEncoder)
+                               TextEncoder, feature_name)
 from feat.extract.registry import create_encoder, encoder_class
 
 BAD_IMAGE_POLICIES = ("fail", "skip", "zero")
@@ -45,7 +45,7 @@ class ExtractConfig:
     image_root: Path | None = None  # image paths are relative to this (default: the data file's folder)
     allow_outside_root: bool = False  # accept image paths that resolve outside image_root
     options: EncoderOptions = field(default_factory=EncoderOptions)  # given to each encoder that takes them
-    name: str | None = None  # feature-set name in the cache (default: the encoder name); one encoder only
+    name: str | None = None  # feature-set name in the cache (default: `feature_name`, e.g. tfidf-svd300); one encoder only
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     dtype: str = "auto"  # compute dtype: auto | float32 | bfloat16 | float16
     store_dtype: str = "float32"  # stored vectors: float32 | float16
@@ -60,6 +60,9 @@ class ExtractConfig:
     commit_every: int = 1024  # rows per durable commit (whole batches), bounding the work a crash can lose
     lock_timeout: float = 0  # seconds to wait for another process holding the cache lock
     predict: bool = False  # the table has no split: every row is to predict (`feat predict`)
+    # Other caches (never written) whose rows with the same feature name, fingerprint, id and content are copied
+    # instead of encoded: `feat predict` reuses the run's training cache.
+    reuse_from: list[Path] = field(default_factory=list)
     shard: Shard | None = None  # encode only this shard's rows into its own parts; `feat merge` finalizes
     backend: str = "local"  # where forward passes run: local (this process) | ray (a Ray Data pipeline)
     ray_address: str | None = None  # ray: an existing cluster ("auto", "ray://head:10001"); None starts one here
@@ -145,7 +148,7 @@ def extract(config: ExtractConfig, prepared: dict[str, Encoder] | None = None) -
     if prepared and config.backend != "local":
         # Their weights (fine-tuned, or a fit) live in this process; an actor would load the registry's.
         raise InputError("prepared encoders (feat predict) run on the local backend only")
-    named = prepared or {config.name or e.name: e for e in _create_encoders(config)}
+    named = prepared or {config.name or feature_name(e.name, e.options): e for e in _create_encoders(config)}
     encoders = list(named.values())
     needs_image = any("image" in e.modality for e in encoders)
     table = load_table(config.data, config.columns, config.image_root, config.allow_outside_root, config.predict)
@@ -306,6 +309,8 @@ def _extract_one(run: _Run, plan: _Plan) -> EncoderReport:
             cache.delete(name)
     committed = cache.committed(name, plan.fingerprint, matrix=False)
     todo = _rows_to_encode(committed, work.ids, plan.hashes, run.config.on_bad_image)
+    if todo and run.config.reuse_from and not cache.shard:
+        todo = _copy_from_other_caches(run, plan, todo)
     report.reused = len(work) - len(todo)
     if cache.shard:
         _write_manifest(run, plan)  # before encoding: a merge tells a shard that died half-way from one never run
@@ -325,6 +330,25 @@ def _extract_one(run: _Run, plan: _Plan) -> EncoderReport:
         report.dim = rows.dim
     report.seconds = time.perf_counter() - started
     return report
+
+
+def _copy_from_other_caches(run: _Run, plan: _Plan, todo: list[int]) -> list[int]:
+    """Commit the `todo` rows that another cache holds cleanly encoded under the same fingerprint, id and
+    content hash (the vector would be the same); returns the rows left to encode."""
+    for other in run.config.reuse_from:
+        source = FeatureCache(other)
+        if not todo or Path(other).resolve() == run.cache.root.resolve() or not source.root.is_dir():
+            continue
+        want = {run.work.ids[i]: plan.hashes[i] for i in todo}
+        rows = source.committed(plan.name, plan.fingerprint, want=want)
+        if rows is None or not len(rows):
+            continue
+        rows = rows.take(np.flatnonzero(rows.valid & (rows.reason == "")))
+        if len(rows):
+            run.cache.commit_part(plan.name, rows, plan.fingerprint)
+            copied = set(rows.ids.tolist())
+            todo = [i for i in todo if run.work.ids[i] not in copied]
+    return todo
 
 
 def _write_manifest(run: _Run, plan: _Plan) -> None:
@@ -506,13 +530,22 @@ class LocalBackend:
 def _encode(run: _Run, job: EncodeJob) -> None:
     committer = _Committer(run.cache, job.name, job.fingerprint, run.config.commit_every, run.config.store_dtype)
     bad = []
-    with progress_bar(job.name, len(job.todo)) as advance:
+    with progress_bar(job.name, len(job.todo), unit="rows", stage=_first_stage(job)) as advance:
         for batch in run.backend.batches(job):
             bad += _store(job, batch, committer)
             advance(len(batch.rows))
     committer.flush()
     if bad:
         raise BadImagesFailed(job.name, bad, listed_in_file=run.cache.shard is None)
+
+
+def _first_stage(job: EncodeJob) -> str:
+    """What precedes the first finished batch, said so that a bar at 0 for seconds does not look stuck."""
+    if isinstance(job.encoder, FittedEncoder):
+        return "fitting" if not job.encoder.frozen and not job.encoder.state() else "transforming"
+    if job.config.backend != "local":
+        return "starting the encoder actors"
+    return "loading model" if getattr(job.encoder, "model", None) is None else "first batch"
 
 
 def _store(job: EncodeJob, batch: EncodedBatch, committer: _Committer) -> list[tuple[str, str]]:

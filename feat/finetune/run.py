@@ -238,8 +238,11 @@ def _write_outputs(spec: FinetuneSpec, saved, built: _Assembled, accel, loop: di
         art.write_csv(out / f"predictions_{split}.csv",
                       art.predictions_frame(rows.ids[positions], rows.y[positions], prob, rows.classes))
     if spec.curve:
+        dev = splits["dev"][0]
         art.learning_curve(out / art.CURVE, history, metric, result.best_epoch,
-                           f"fine-tuned {'+'.join(live)} ({saved.head_config().strategy}), epoch 0 = the run")
+                           f"{Path(spec.data).name}, label '{saved.config['label']}': fine-tuned {'+'.join(live)} "
+                           f"({saved.head_config().strategy}); epoch 0 = the run", rows.classes,
+                           art.chance_level(metric, rows.y[dev], len(rows.classes)))
     metrics = {"initial_dev": loop["initial_dev"], "dev": splits["dev"][1], "test": splits["test"][1],
                "best_epoch": result.best_epoch, "steps": result.steps,
                "seconds_per_step": round(result.seconds / result.steps, 4) if result.steps else None,

@@ -91,7 +91,7 @@ def fit(model, rows: RowSet, cfg: FinetuneConfig, accel: Accelerator, metric: st
         model.train()
         optimizer.zero_grad(set_to_none=True)
         started = time.perf_counter()
-        with progress_bar(f"epoch {epoch}", len(chunks)) as advance:
+        with progress_bar(f"epoch {epoch}", len(chunks), unit="batches") as advance:
             advance(loop["batch"])
             todo = batches(rows, chunks[loop["batch"]:], transforms, num_workers, accel.pin_memory)
             for b, batch in enumerate(todo, start=loop["batch"]):

@@ -107,8 +107,7 @@ def train_all(spec: AblateSpec, runs: list[FuseSpec], data: FusionData, metric: 
                   f"{spec.workers} worker(s), selection metric: validation {metric}", soft_wrap=True)
     dims = {f: data.matrices[f].shape[1] for f in runs[0].valid_from}
     todo.sort(key=lambda i: -_cost(runs[i], dims))
-    with progress_bar("runs", len(runs)) as advance:
-        advance(len(runs) - len(todo))
+    with progress_bar("runs", len(runs), unit="runs", done=len(runs) - len(todo)) as advance:
         if spec.workers <= 1 or len(todo) <= 1:
             for i in todo:
                 rows[i] = result_row(runs[i], run_fuse(runs[i], data).metrics, metric)
@@ -162,18 +161,18 @@ def fuse(spec: FuseSpec):
 
 def describe_run(result) -> str:
     """What `feat fuse` prints: every number with its metric, class, split and n."""
-    from feat.fuse.metrics import describe_metric
+    from feat.fuse.artifacts import metric_label
     from feat.fuse.run import RunResult
 
     if isinstance(result, RunResult):
         m, classes = result.metrics, result.classes
-        f1 = describe_metric("f1", classes)
+        f1 = metric_label("f1", classes)
         tuned = (f", at the threshold {m['dev']['threshold']:.3f} chosen on dev {m['test']['f1_tuned']:.4f}"
                  if "f1_tuned" in m["test"] else "")
         return (f"{describe_report(result.data_report)}\n{result.strategy} on {'+'.join(result.features)}, seed "
-                f"{m['seed']}: best epoch {m['best_epoch']}; dev {describe_metric(result.metric, classes)} "
+                f"{m['seed']}: best epoch {m['best_epoch']}; dev {metric_label(result.metric, classes)} "
                 f"{m['dev'][result.metric]:.4f} (n = {m['dev']['n']}); test (n = {m['test']['n']}): "
-                f"{describe_metric(result.metric, classes)} {m['test'][result.metric]:.4f}, {f1} at 0.5 "
+                f"{metric_label(result.metric, classes)} {m['test'][result.metric]:.4f}, {f1} at 0.5 "
                 f"{m['test']['f1']:.4f}{tuned}, accuracy {m['test']['accuracy']:.4f} ({m['train_seconds']:.1f} s) "
                 f"-> {result.out}")
     c = result.answer["best"]

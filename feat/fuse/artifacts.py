@@ -12,6 +12,7 @@ import pandas as pd
 
 CONFIG, MODEL, METRICS, HISTORY = "config.json", "model.safetensors", "metrics.json", "history.csv"
 CURVE = "learning_curve.png"
+BEST, RESULTS = "best", "results.csv"  # in an ablation folder: its winning run, and one row per run
 
 
 def atomic_write(path: Path, write) -> None:
@@ -22,6 +23,40 @@ def atomic_write(path: Path, write) -> None:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def write_best(folder: Path, run: str) -> None:
+    """FOLDER/best: a relative symlink to the winning run (`run`, relative to FOLDER), so that it is a run
+    folder to every tool; a text file naming it where the file system has no symlinks (`resolve_run` reads
+    both)."""
+    link, tmp = folder / BEST, folder / f".{BEST}.tmp-{os.getpid()}"
+    try:
+        os.symlink(run, tmp, target_is_directory=True)
+    except (OSError, NotImplementedError):
+        atomic_write(link, lambda p: p.write_text(f"{run}\n"))
+        return
+    os.replace(tmp, link)
+
+
+def best_run(folder: Path) -> str:
+    """The winning run of an ablation folder, relative to it, as `write_best` recorded it."""
+    link = Path(folder) / BEST
+    return os.readlink(link) if link.is_symlink() else link.read_text().strip()
+
+
+def resolve_run(path: Path, ablation: bool = True) -> Path:
+    """The run folder PATH stands for: itself; the run an ablation's `best` file names; with `ablation`, an
+    ablation folder's best run. Anything else is returned as is, for the command to refuse."""
+    path = Path(path)
+    if path.is_file() and path.name == BEST:
+        return path.parent / best_run(path.parent)
+    if ablation and path.is_dir() and not (path / CONFIG).exists() and (path / RESULTS).exists():
+        if not (path / BEST).exists():
+            from feat.errors import InputError
+
+            raise InputError(f"ablation folder {path} has no '{BEST}' yet: run `feat ablate` to the end first")
+        return path / best_run(path)
+    return path
 
 
 def write_json(path: Path, obj) -> None:
@@ -69,24 +104,76 @@ def predictions_frame(ids, y, prob, classes: list[str]) -> pd.DataFrame:
     return frame
 
 
-def learning_curve(path: Path, history: pd.DataFrame, metric: str, best_epoch: int, title: str) -> None:
+def metric_label(metric: str, classes: list[str] | None = None) -> str:
+    """A metric as a reader needs it named: binary F1, precision and recall name their class (the run's
+    second class, the positive one), AUROC says when it is a macro one-vs-rest mean."""
+    names = {"f1": "F1", "f1_tuned": "F1 at the tuned threshold", "macro_f1": "macro-F1",
+             "weighted_f1": "weighted F1", "accuracy": "accuracy", "auroc": "AUROC", "precision": "precision",
+             "recall": "recall", "loss": "log-loss"}
+    label = names.get(metric, metric)
+    if metric in ("f1", "f1_tuned", "precision", "recall") and classes and len(classes) == 2:
+        label += f" of class '{classes[1]}'"
+    if metric == "auroc" and classes and len(classes) > 2:
+        label = "macro one-vs-rest AUROC"
+    return label
+
+
+def chance_level(metric: str, y: np.ndarray, n_classes: int) -> float | None:
+    """The metric of guessing uniformly at random on labels `y` (class indices; binary F1, precision and
+    recall of class 1), from the expected confusion counts. None for the loss."""
+    share = np.bincount(np.asarray(y, dtype=np.int64), minlength=n_classes) / max(len(y), 1)
+    guess = 1 / n_classes
+    f1 = 2 * share * guess / np.maximum(share + guess, 1e-12)  # per class: precision = share, recall = guess
+    return {"accuracy": guess, "auroc": 0.5, "f1": f1[-1] if n_classes == 2 else None,
+            "precision": share[-1] if n_classes == 2 else None, "recall": guess if n_classes == 2 else None,
+            "macro_f1": f1.mean(), "weighted_f1": float((share * f1).sum())}.get(metric)
+
+
+def learning_curve(path: Path, history: pd.DataFrame, metric: str, best_epoch: int, title: str,
+                   classes: list[str] | None = None, chance: float | None = None) -> None:
+    """Loss (train, dev) and the dev metric per epoch, side by side. `classes` names the metric's class;
+    `chance`: the metric of random guessing, drawn when known (AUROC: 0.5)."""
+    fig = curve_figure(history, metric, best_epoch, title, classes, chance)
+    atomic_write(path, lambda p: fig.savefig(p, format="png"))
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
+def curve_figure(history: pd.DataFrame, metric: str, best_epoch: int, title: str,
+                 classes: list[str] | None = None, chance: float | None = None):
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
-    fig, left = plt.subplots(figsize=(5, 3.2), dpi=80)
-    fig.subplots_adjust(left=0.12, right=0.86, bottom=0.15, top=0.9)  # fixed margins: tight_layout costs 0.1 s
-    left.plot(history["epoch"], history["train_loss"], "o-", label="train loss")
-    left.plot(history["epoch"], history["dev_loss"], "s-", label="dev loss")
-    left.set_xlabel("epoch")
-    left.set_ylabel("loss")
-    right = left.twinx()
-    right.plot(history["epoch"], history[f"dev_{metric}"], "^-", color="tab:green", label=f"dev {metric}")
-    right.set_ylabel(f"dev {metric}")
-    left.axvline(best_epoch, color="grey", linestyle=":", label=f"best epoch {best_epoch}")
-    handles = left.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
-    left.legend(handles=handles, fontsize=7, loc="best")
-    left.set_title(title, fontsize=9)
-    atomic_write(path, lambda p: fig.savefig(p, format="png"))
-    plt.close(fig)
+    label = metric_label(metric, classes)
+    fig, (loss, score) = plt.subplots(1, 2, figsize=(9, 4), dpi=100)
+    # Fixed margins (tight_layout costs 0.1 s a run); the legends sit below the axes, never over a curve.
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.3, top=0.88, wspace=0.25)
+    epochs = history["epoch"]
+    loss.plot(epochs, history["train_loss"], "o-", label="train loss")
+    loss.plot(epochs, history["dev_loss"], "s-", label="dev loss")
+    loss.set_ylabel("cross-entropy loss")
+    top = np.nanmax(history[["train_loss", "dev_loss"]].to_numpy(dtype=float), initial=0.0)
+    loss.set_ylim(0, 1.1 * top if np.isfinite(top) and top > 0 else 1)
+    score.plot(epochs, history[f"dev_{metric}"], "^-", color="tab:green", label=f"dev {label}")
+    score.set_ylabel(f"dev {label}")
+    if metric != "loss":
+        score.set_ylim(0, 1.02)  # the whole range of the metric: a small gain does not look like a large one
+    if chance is None and metric == "auroc":
+        chance = 0.5
+    if chance is not None:
+        score.axhline(chance, color="grey", linestyle="--", linewidth=1, label=f"chance ({chance:.3f})")
+    # Half an epoch either side: one fit (logreg) is one point on a unit-wide axis, not a 0.96-1.04 zoom on it.
+    first, last = int(epochs.min()), int(epochs.max())
+    for ax in (loss, score):
+        ax.axvline(best_epoch, color="grey", linestyle=":", label=f"best epoch {best_epoch}")
+        ax.set_xlim(first - 0.5, last + 0.5)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True, min_n_ticks=1))
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2, fontsize=9, frameon=False)
+    fig.suptitle(title, fontsize=11)
+    return fig

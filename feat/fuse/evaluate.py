@@ -22,7 +22,8 @@ import pandas as pd
 from feat.errors import FeatError
 from feat.fuse import stats
 from feat.fuse.data import FusionData
-from feat.fuse.metrics import best_threshold, describe_metric, higher_is_better
+from feat.fuse.artifacts import metric_label
+from feat.fuse.metrics import best_threshold, higher_is_better
 from feat.fuse.plan import AblateSpec
 
 TEXT_ONLY, IMAGE_ONLY, MULTIMODAL, UNKNOWN = "text-only", "image-only", "multimodal", "unknown modality"
@@ -223,7 +224,7 @@ def _answer(spec: AblateSpec, configs: list[Configuration], results: pd.DataFram
              else "")) if spec.cv.folds else "the dev split"
     return {
         "question": "does the image help? best multimodal vs best text-only (and vs best image-only)",
-        "metric": metric, "metric_name": describe_metric(metric, data.classes),
+        "metric": metric, "metric_name": metric_label(metric, data.classes),
         "positive_class": data.classes[1] if len(data.classes) == 2 else None, "classes": data.classes,
         "selection": f"mean validation {metric} over {spec.seeds} seed(s) x {folds}"
                      + (f", best of {spec.tune} hyperparameter trials" if spec.tune > 1 else ""),

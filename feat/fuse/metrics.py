@@ -30,17 +30,6 @@ def higher_is_better(metric: str) -> bool:
     return metric != "loss"
 
 
-def describe_metric(metric: str, classes: list[str]) -> str:
-    """The metric's name as a reader needs it: which class a binary F1 is of, which average AUROC is."""
-    if len(classes) == 2 and metric in ("f1", "f1_tuned", "precision", "recall"):
-        return f"{metric} of class '{classes[1]}'"
-    if metric == "auroc":
-        return "AUROC" if len(classes) == 2 else "macro one-vs-rest AUROC"
-    if metric == "loss":
-        return "log-loss"
-    return metric
-
-
 def best_threshold(y: np.ndarray, p_positive: np.ndarray) -> float:
     """The decision threshold on p(positive) that maximises the positive-class F1 of these (validation) rows;
     midpoint between neighbouring scores; 0.5 when the rows hold no positive (every threshold scores 0)."""

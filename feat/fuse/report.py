@@ -8,7 +8,6 @@ importance, robustness) and `best`, a link to the winner's best run.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,9 +17,10 @@ import pandas as pd
 from feat.fuse import artifacts as art
 from feat.fuse import stats
 from feat.fuse.evaluate import IMAGE_ONLY, MULTIMODAL, TEXT_ONLY, Evaluation, best_of
-from feat.fuse.metrics import describe_metric, higher_is_better
+from feat.fuse.artifacts import metric_label
+from feat.fuse.metrics import higher_is_better
 
-SUMMARY_CSV, SUMMARY_MD, ANSWER, BEST = "summary.csv", "summary.md", "answer.json", "best"
+SUMMARY_CSV, SUMMARY_MD, ANSWER = "summary.csv", "summary.md", "answer.json"
 IMPORTANCE, ROBUSTNESS = "importance", "robustness"
 PLOTS = ("bars.png", "heatmap.png", "modality_weights.png", f"{IMPORTANCE}.png", f"{ROBUSTNESS}.png")
 COLOURS = {TEXT_ONLY: "tab:orange", IMAGE_ONLY: "tab:green", MULTIMODAL: "tab:blue"}
@@ -52,7 +52,7 @@ def write_report(evaluation: Evaluation) -> Summary:
             art.write_csv(out / f"{name}.csv", frame)
     markdown = render_markdown(evaluation, table, best_run)
     art.atomic_write(out / SUMMARY_MD, lambda p: p.write_text(markdown))
-    _link_best(out, best_run)
+    art.write_best(out, best_run)
     _plots(evaluation, table)
     return Summary(out, table, metric, best_run, evaluation.answer, markdown, evaluation)
 
@@ -89,18 +89,6 @@ def _best_run(evaluation: Evaluation) -> str:
     return winner.runs[int(np.nanargmax(scores)) if np.isfinite(scores).any() else 0]
 
 
-def _link_best(out: Path, best_run: str) -> None:
-    """`best`: a relative symlink to the winning run folder, usable wherever a run folder is; a text file
-    holding its path where the file system has no symlinks."""
-    link = out / BEST
-    if link.is_symlink() or link.is_file():
-        link.unlink()
-    try:
-        os.symlink(best_run, link, target_is_directory=True)
-    except OSError:
-        art.atomic_write(link, lambda p: p.write_text(f"{best_run}\n"))
-
-
 def _fmt(value, digits: int = 3) -> str:
     return "" if value is None or pd.isna(value) else f"{value:.{digits}f}"
 
@@ -120,7 +108,7 @@ def _spread(mean, std, runs: int) -> str:
 
 def render_markdown(evaluation: Evaluation, table: pd.DataFrame, best_run: str) -> str:
     a, metric, classes = evaluation.answer, evaluation.metric, evaluation.data.classes
-    name = describe_metric(metric, classes)
+    name = metric_label(metric, classes)
     label = evaluation.spec.label
     task = f"label `{label}`, {len(classes)} classes ({', '.join(classes)})"
     if len(classes) == 2:
@@ -191,7 +179,7 @@ def _plots(evaluation: Evaluation, table: pd.DataFrame) -> None:
     from feat.fuse.attribution import importance_figure, robustness_figure
 
     out, metric, classes = Path(evaluation.spec.out), evaluation.metric, evaluation.data.classes
-    name = describe_metric(metric, classes)
+    name = metric_label(metric, classes)
     about = f"label '{evaluation.spec.label}'"
     _bars(plt, out / PLOTS[0], table, metric, name, about, len(evaluation.y_test), classes)
     _heatmap(plt, out / PLOTS[1], table, metric, name, about, classes)

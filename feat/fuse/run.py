@@ -109,8 +109,10 @@ def run_fuse(spec: FuseSpec, data: FusionData | None = None) -> RunResult:
         rows = data.rows(s)
         art.write_csv(out / f"predictions_{s}.csv", art.predictions_frame(data.ids[rows], data.y[rows], prob, data.classes))
     if spec.curve:
+        dev_y = data.y[data.rows("dev")]
         art.learning_curve(out / art.CURVE, history, result.metric, result.best_epoch,
-                           f"{spec.head.strategy} on {'+'.join(data.features)}, seed {spec.train.seed}")
+                           f"label '{spec.label}': {spec.head.strategy} on {'+'.join(data.features)}, seed "
+                           f"{spec.train.seed}", data.classes, art.chance_level(result.metric, dev_y, len(data.classes)))
     metrics = {"dev": splits["dev"][0], "test": splits["test"][0], "best_epoch": result.best_epoch,
                "seed": spec.train.seed, "train_seconds": round(result.seconds, 3), "metric": result.metric,
                "positive_class": config["positive_class"]}

@@ -71,7 +71,9 @@ def _answers(r: ReportInput) -> str:
             lines.append(f"| {QUESTIONS[group]} | {_cell(r.missing[group].short())} | | | | |")
         else:
             lines.append(f"| {QUESTIONS[group]} | {name(row)} | {row['runs']} | {_scores(row, r)} |")
-    empty = [f"- {QUESTIONS[g]}: {_cell(r.missing[g].full())}" for g in GROUPS if r.best[g] is None]
+    # The table holds the short reason; a line below only when the full one says more (the skip reasons).
+    empty = [f"- {QUESTIONS[g]}: {_cell(r.missing[g].full())}" for g in GROUPS
+             if r.best[g] is None and r.missing[g].full() != r.missing[g].short()]
     lines += [""] + empty + ([""] if empty else [])
     lines += [f"Each answer is the group's best configuration by its selection score ({r.answer['selection']}; "
               "ties: lower validation loss); test is reported, never used to choose. ± is the standard deviation "

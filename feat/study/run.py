@@ -72,14 +72,25 @@ def _write(config: StudyConfig, preset: Preset, team: Lineup, outcomes: list[Out
     other_text = answers.compare_other_text(summary.evaluation, table, best)
     write_csv(out / CONFIGURATIONS, table)
     write_json(out / ANSWER, summary.answer)
+    classes, chance = _chance(out / ABLATION / results["run"].iloc[0], summary.test_metric)
     figure.draw(out / FIGURE, table, summary.test_metric, summary.metric,
-                f"{_dataset(config)}, label '{config.label}'", missing)
+                f"{_dataset(config)}, label '{config.label}'", missing, classes, chance)
     text = report.render(report.ReportInput(
-        _title(config), _setup(config, preset, out, results), table, best, missing, comparison, other_text, costs,
+        _title(config), _setup(config, preset, team, _ran(team, outcomes), out, results), table, best, missing, comparison, other_text, costs,
         skipped,
         summary.metric, summary.test_metric, FIGURE, _command(config), summary.answer))
     atomic_write(out / REPORT, lambda p: p.write_text(text))
     return StudyResult(out, out / REPORT, out / FIGURE, table, best, comparison, other_text, costs, skipped)
+
+
+def _chance(run: Path, metric: str) -> tuple[list[str], float | None]:
+    """The classes, and the test metric of random guessing on the test labels (every run has the same)."""
+    from feat.fuse import artifacts as art
+
+    classes = art.read_json(run / art.CONFIG)["classes"]
+    true = pd.read_csv(run / "predictions_test.csv", dtype={"true": str}, keep_default_na=False)["true"]
+    position = {c: i for i, c in enumerate(classes)}
+    return classes, art.chance_level(metric, true.map(position).to_numpy(), len(classes))
 
 
 def _check_label(config: StudyConfig) -> int:
@@ -143,7 +154,40 @@ def _title(config: StudyConfig) -> str:
     return f"{_dataset(config)} (label `{config.label}`)"
 
 
-def _setup(config: StudyConfig, preset: Preset, out: Path, results: pd.DataFrame) -> list[str]:
+def _ran(team: Lineup, outcomes: list[Outcome]) -> list:
+    available = {o.encoder.feature for o in outcomes if o.available}
+    return [e for e in team.encoders if e.feature in available]
+
+
+def _encoders(config: StudyConfig, preset: Preset, team: Lineup, ran: list) -> str:
+    """The encoders that ran, by role: the report describes this run, not the preset's full list."""
+    features = {e.feature for e in ran}
+
+    def listed(role: str) -> str:
+        return ", ".join(e.feature for e in ran if e.role == role) or "none"
+
+    pairs = ", ".join("+".join(p) for p in team.duals if set(p) <= features) or "none"
+    chosen = "the encoders given by --encoders" if config.encoders is not None else "the preset's encoders"
+    skipped = len(team.encoders) - len(ran)
+    return (f"Preset `{preset.name}` ({preset.note}), on {chosen} that ran: text towers {listed(TEXT)}; image "
+            f"towers {listed(IMAGE)}; joint encoders {listed(JOINT)}; dual-encoder pairs {pairs}."
+            + (f" {skipped} more could not run (see Skipped encoders)." if skipped else ""))
+
+
+def _views(preset: Preset, ran: list) -> list[str]:
+    """Which view of an encoder a feature set is, when the preset chose one, and why."""
+    notes = []
+    for e in ran:
+        if e.options.svd_dim and e.encoder == "tfidf":
+            why = preset.why.get(e.encoder)
+            notes.append(f"TF-IDF enters as `{e.feature}`: the dense {e.options.svd_dim}-dim TruncatedSVD view of "
+                         "the TF-IDF fitted on the train split, not the sparse rows that `feat extract -e tfidf` "
+                         f"stores as `tfidf` (the two score differently){f', because {why}' if why else ''}.")
+    return notes
+
+
+def _setup(config: StudyConfig, preset: Preset, team: Lineup, ran: list, out: Path,
+           results: pd.DataFrame) -> list[str]:
     from feat.fuse import artifacts as art
     from feat.fuse.data import describe_report
 
@@ -151,7 +195,7 @@ def _setup(config: StudyConfig, preset: Preset, out: Path, results: pd.DataFrame
     train = run["train"]
     return [f"Data: `{config.data}`; {describe_report(run['data'])}; {len(run['classes'])} classes "
             f"({', '.join(run['classes'])}).",
-            f"Preset `{preset.name}`: {preset.note}.",
+            _encoders(config, preset, team, ran), *_views(preset, ran),
             f"Fusion strategies on every multi-input set: {', '.join(config.strategies or preset.strategies)}; "
             f"{config.seeds or preset.seeds} seeds per configuration; heads of `feat ablate` with its defaults "
             f"(lr {train['lr']}, batch {train['batch_size']}, at most {train['epochs']} epochs, early stopping on "
