@@ -48,7 +48,7 @@ def resolve_run(path: Path, ablation: bool = True) -> Path:
     """The run folder PATH stands for: itself; the run an ablation's `best` file names; with `ablation`, an
     ablation folder's best run. Anything else is returned as is, for the command to refuse."""
     path = Path(path)
-    if path.is_file() and path.name == BEST:
+    if path.name == BEST and (path.is_file() or path.is_symlink()):  # named by the run it stands for
         return path.parent / best_run(path.parent)
     if ablation and path.is_dir() and not (path / CONFIG).exists() and (path / RESULTS).exists():
         if not (path / BEST).exists():
