@@ -21,7 +21,7 @@ import scipy.sparse as sp
 
 from feat.fuse import artifacts as art
 from feat.fuse.metrics import higher_is_better
-from feat.fuse.stats import observed, resamples, score_resamples
+from feat.fuse.stats import observed, paired_summary, resamples, score_resamples
 
 KINDS = ("permuted", "missing")
 KIND_LABELS = {"permuted": "permuted across test items", "missing": "replaced by the missing-input row"}
@@ -85,13 +85,9 @@ def _drop_row(name, kind, metric, y, base_scores, base_value, perturbed_probs, d
     sign = 1.0 if higher_is_better(metric) else -1.0
     perturbed = float(np.mean([observed(metric, y, prob) for prob in perturbed_probs]))
     scores = np.mean([score_resamples(metric, y, prob, draws) for prob in perturbed_probs], axis=0)
-    diffs = sign * (base_scores - scores)
-    diffs = diffs[np.isfinite(diffs)]
-    tail = (1 - LEVEL) / 2 * 100
-    low, high = (np.percentile(diffs, [tail, 100 - tail]) if len(diffs) else (np.nan, np.nan))
-    p = min(1.0, 2 * min(np.mean(diffs <= 0), np.mean(diffs >= 0))) if len(diffs) else np.nan
+    summary = paired_summary(sign * (base_value - perturbed), sign * (base_scores - scores), LEVEL)
     return {"input": name, "kind": kind, "metric": metric, "baseline": base_value, "perturbed": perturbed,
-            "drop": sign * (base_value - perturbed), "ci_low": float(low), "ci_high": float(high), "p": float(p),
+            "drop": summary["delta"], "ci_low": summary["ci"][0], "ci_high": summary["ci"][1], "p": summary["p"],
             "n": len(y)}
 
 
