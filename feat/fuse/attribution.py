@@ -133,6 +133,13 @@ def robustness(models: list[FittedModel], y: np.ndarray, metric: str, names: lis
     return pd.DataFrame(rows)
 
 
+def _wrap(title: str, fig) -> str:
+    """Break a long title over lines that fit the figure (about 10 characters per inch at 10 pt)."""
+    import textwrap
+
+    return textwrap.fill(title, width=max(40, int(fig.get_figwidth() * 10)))
+
+
 def _configurations(frame: pd.DataFrame) -> list[str]:
     return list(dict.fromkeys(f"{f} / {s}" for f, s in zip(frame["features"], frame["strategy"])))
 
@@ -181,7 +188,7 @@ def importance_figure(frame: pd.DataFrame, path: Path, title: str) -> None:
     unique = dict(zip(labels, handles))
     ax.legend(unique.values(), unique.keys(), fontsize=8, loc="best")
     n = ", ".join(str(v) for v in dict.fromkeys(frame["n"])) if "n" in frame else "?"
-    ax.set_title(f"{title} (n = {n} test items)", fontsize=10)
+    fig.suptitle(_wrap(f"{title} (n = {n} test items)", fig), fontsize=10)
     fig.tight_layout()
     art.atomic_write(Path(path), lambda p: fig.savefig(p, format="png"))
     plt.close(fig)
@@ -216,15 +223,14 @@ def robustness_figure(frame: pd.DataFrame, path: Path, title: str, chance: float
         ax.grid(alpha=0.3)
         ax.tick_params(labelsize=8)
     axes[0][0].set_ylabel(f"test {metric}", fontsize=8)
-    handles, labels = [], []
+    legend = {}
     for ax in axes[0]:
-        for handle, label in zip(*ax.get_legend_handles_labels()):
-            if label not in labels:
-                handles.append(handle)
-                labels.append(label)
+        legend.update(zip(*ax.get_legend_handles_labels()[::-1]))
+    labels = sorted(legend, key=lambda label: label == "chance")  # configurations first, chance last
+    handles = [legend[label] for label in labels]
     fig.legend(handles, labels, fontsize=8, loc="center right", frameon=False)
     n = ", ".join(str(v) for v in dict.fromkeys(frame["n"])) if "n" in frame else "?"
-    fig.suptitle(f"{title} (n = {n} test items)", fontsize=10)
+    fig.suptitle(_wrap(f"{title} (n = {n} test items)", fig), fontsize=10)
     fig.tight_layout(rect=(0, 0, 1 - 2.4 / fig.get_figwidth(), 1))
     art.atomic_write(Path(path), lambda p: fig.savefig(p, format="png"))
     plt.close(fig)
