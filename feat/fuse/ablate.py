@@ -159,23 +159,26 @@ def fuse(spec: FuseSpec):
                                    baselines=False))
 
 
+def _num(value) -> str:
+    """A metric for a log line: 'undefined' where it is (AUROC on a split holding one class)."""
+    return "undefined" if value is None or value != value else f"{value:.4f}"
+
+
 def describe_run(result) -> str:
     """What `feat fuse` prints: every number with its metric, class, split and n."""
     from feat.fuse.artifacts import metric_label
     from feat.fuse.run import RunResult
 
     if isinstance(result, RunResult):
-        m, classes = result.metrics, result.classes
-        f1 = metric_label("f1", classes)
-        tuned = (f", at the threshold {m['dev']['threshold']:.3f} chosen on dev {m['test']['f1_tuned']:.4f}"
+        m, classes, name = result.metrics, result.classes, metric_label(result.metric, result.classes)
+        tuned = (f", at the threshold {m['dev']['threshold']:.3f} chosen on dev {_num(m['test']['f1_tuned'])}"
                  if "f1_tuned" in m["test"] else "")
         return (f"{describe_report(result.data_report)}\n{result.strategy} on {'+'.join(result.features)}, seed "
-                f"{m['seed']}: best epoch {m['best_epoch']}; dev {metric_label(result.metric, classes)} "
-                f"{m['dev'][result.metric]:.4f} (n = {m['dev']['n']}); test (n = {m['test']['n']}): "
-                f"{metric_label(result.metric, classes)} {m['test'][result.metric]:.4f}, {f1} at 0.5 "
-                f"{m['test']['f1']:.4f}{tuned}, accuracy {m['test']['accuracy']:.4f} ({m['train_seconds']:.1f} s) "
-                f"-> {result.out}")
+                f"{m['seed']}: best epoch {m['best_epoch']}; dev {name} {_num(m['dev'][result.metric])} (n = "
+                f"{m['dev']['n']}); test (n = {m['test']['n']}): {name} {_num(m['test'][result.metric])}, "
+                f"{metric_label('f1', classes)} at 0.5 {_num(m['test']['f1'])}{tuned}, accuracy "
+                f"{_num(m['test']['accuracy'])} ({m['train_seconds']:.1f} s) -> {result.out}")
     c = result.answer["best"]
-    return (f"{result.answer['selection']}: {c['selection_score']:.4f} ± {c['selection_std']:.4f}; test "
-            f"{result.answer['metric_name']} of the fold ensemble {c['test'][result.metric]:.4f} (n = "
+    return (f"{result.answer['selection']}: {_num(c['selection_score'])} ± {_num(c['selection_std'])}; test "
+            f"{result.answer['metric_name']} of the fold ensemble {_num(c['test'][result.metric])} (n = "
             f"{result.answer['n_test']}) -> {result.out} (summary.md, answer.json, runs/)")
