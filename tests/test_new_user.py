@@ -226,7 +226,7 @@ def test_study_figure_names_dataset_label_metric_and_class_and_draws_no_empty_gr
     ax = drawn["fig"].axes[0]
     assert ax.get_title(loc="left") == ("Unimodal vs multimodal: mvsa/data.csv, label 'label', test F1 of class "
                                         "'positive'")
-    assert ax.get_xlim() == (0, 1) and ax.get_xlabel().startswith("test F1 of class 'positive' (mean over 3 seeds")
+    assert ax.get_xlim() == (0, 1) and ax.get_xlabel().startswith("test F1 of class 'positive' (mean over seeds, 3 runs")
     labels = [t.get_text() for t in ax.texts]
     assert "joint encoder" not in labels and {"text-only", "image-only", "fusion of towers"} <= set(labels)
     assert any(line.get_label() == "chance (0.400)" for line in ax.get_lines())
