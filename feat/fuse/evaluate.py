@@ -27,7 +27,7 @@ from feat.fuse.metrics import best_threshold, higher_is_better
 from feat.fuse.plan import AblateSpec
 
 TEXT_ONLY, IMAGE_ONLY, MULTIMODAL, UNKNOWN = "text-only", "image-only", "multimodal", "unknown modality"
-TEST_METRICS = ("auroc", "loss", "accuracy", "f1", "f1_tuned", "macro_f1")
+TEST_METRICS = ("auroc", "loss", "accuracy", "f1", "macro_f1")  # and f1_tuned for two classes
 BOOTSTRAP = 2000
 
 
@@ -132,9 +132,9 @@ def _configuration(spec: AblateSpec, results: pd.DataFrame, key: tuple[str, str]
         thresholds.append(_pooled_threshold(spec, runs, data) if len(data.classes) == 2 else None)
     test_prob = np.stack(probs)
     y = data.y[data.rows("test")]
-    per_seed = {m: [stats.observed("f1" if m == "f1_tuned" else m, y, p, t if m == "f1_tuned" else None)
-                    for p, t in zip(test_prob, thresholds)]
-                for m in TEST_METRICS if m != "f1_tuned" or len(data.classes) == 2}
+    per_seed = {m: [stats.observed(m, y, p) for p in test_prob] for m in TEST_METRICS}
+    if len(data.classes) == 2:
+        per_seed["f1_tuned"] = [stats.observed("f1", y, p, t) for p, t in zip(test_prob, thresholds)]
     test = {m: stats.mean_std(v) for m, v in per_seed.items()}
     hp = {c: chosen[c].iloc[0] for c in chosen.columns if c.startswith("hp_")}
     return Configuration(key[0], key[1], group_of(key[0].split("+"), modality), int(chosen["n_inputs"].iloc[0]),
