@@ -32,10 +32,10 @@ class Accelerator:
             return contextlib.nullcontext()
         return torch.autocast(self.device_type, dtype=getattr(torch, self.amp_dtype))
 
-    def grad_scaler(self):
+    def grad_scaler(self, float16_weights: bool = False):
         import torch
 
-        return torch.amp.GradScaler(self.device_type, enabled=self.loss_scaling)
+        return torch.amp.GradScaler(self.device_type, enabled=self.loss_scaling or float16_weights)
 
 
 def select_accelerator(device: str = "auto", amp: str = "auto") -> Accelerator:

@@ -63,7 +63,8 @@ def fit(model, rows: RowSet, cfg: FinetuneConfig, accel: Accelerator, metric: st
     # transformers' get_linear_schedule_with_warmup, the reference's schedule.
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: s / max(1, warm) if s < warm else
                                                   max(0.0, (total - s) / max(1, total - warm)))
-    scaler = accel.grad_scaler()
+    # float16 weights (a float16 cache) need loss scaling as float16 autocast does.
+    scaler = accel.grad_scaler(model.has_float16())
     criterion = nn.CrossEntropyLoss(weight=class_weight.to(accel.device) if class_weight is not None else None)
     params = encoder_params + head_params
     best_state = None
@@ -99,6 +100,7 @@ def fit(model, rows: RowSet, cfg: FinetuneConfig, accel: Accelerator, metric: st
                 group_size = group_end - (b - b % cfg.grad_accum)
                 loss = criterion(model(batch).float(), y[batch.positions].to(accel.device))
                 scaler.scale(loss / group_size).backward()
+                model.collect_master_grads()
                 loop["loss_sum"] += loss.item() * len(batch.positions)
                 loop["seen"] += len(batch.positions)
                 advance(1)
@@ -108,6 +110,7 @@ def fit(model, rows: RowSet, cfg: FinetuneConfig, accel: Accelerator, metric: st
                 torch.nn.utils.clip_grad_norm_(params, cfg.clip)
                 scaler.step(optimizer)
                 scaler.update()
+                model.copy_masters()
                 optimizer.zero_grad(set_to_none=True)
                 scheduler.step()
                 loop["step"] += 1
