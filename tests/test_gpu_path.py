@@ -1,0 +1,71 @@
+"""The GPU path, proven on the CPU where the behaviour exists there (issue 19): bfloat16 caches in stage 3
+(CPU bfloat16 is real arithmetic), master weights, RNG state, memory, TF32 switches; device queries mocked.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from helpers import cli, mock_cuda
+from stage3 import QUICK, build_run, one_thread  # noqa: F401 (autouse fixture)
+
+
+def read(path):
+    return json.loads(path.read_text())
+
+
+@pytest.fixture(scope="module")
+def mixed(tmp_path_factory, tiny_model, one_thread):
+    """A run on a bfloat16 DeBERTa cache beside a float32 BLIP cache (the GPU default beside a CPU one)."""
+    return build_run(tmp_path_factory.mktemp("mixed"), tiny_model, encoders=("deberta", "blip"),
+                     extract_options={"deberta": ["--dtype", "bfloat16"]})
+
+
+# ----- stage 3 from a low-precision cache ----------------------------------------------------------------------
+def test_a_bfloat16_cache_passes_parity_and_trains_float32_master_weights(mixed, tmp_path):
+    out = tmp_path / "ft"
+    cli("finetune", mixed.run, "--data", mixed.data, "--out", out, "--epochs", "1", "--max-steps", "2", *QUICK)
+    parity = read(out / "metrics.json")["parity"]
+    assert parity["max_probability_difference"] <= 1e-6
+    assert parity["inputs"]["deberta"]["max_abs_difference"] == 0.0, "the bf16 network is the extraction's"
+    assert parity["inputs"]["blip"]["relative"] < 1e-5
+    assert read(out / "config.json")["precision"] == {"deberta": "bfloat16 weights, float32 master copy",
+                                                      "blip": "float32"}
+    # The fine-tuned run is predicted in the arithmetic it was trained in: its own test predictions again.
+    preds = tmp_path / "preds.csv"
+    cli("predict", out, mixed.data, "--out", preds, "--device", "cpu")
+    mine = pd.read_csv(preds, dtype={"id": str}).set_index("id")
+    saved = pd.read_csv(out / "predictions_test.csv", dtype={"id": str}).set_index("id")
+    columns = [c for c in saved.columns if c.startswith("p_")]
+    np.testing.assert_allclose(mine.loc[saved.index, columns].to_numpy(), saved[columns].to_numpy(), atol=1e-6)
+
+
+def test_master_weights_keep_updates_below_bfloat16_resolution():
+    """A step of 1e-4 on a weight of 1.0 is below bfloat16's resolution (2**-7): without a float32 master
+    copy it is rounded away, with one it accumulates and reaches the network once it is large enough."""
+    from feat.finetune.model import FinetuneModel
+
+    model = FinetuneModel.__new__(FinetuneModel)
+    torch.nn.Module.__init__(model)
+    model.encoders = torch.nn.ModuleList([torch.nn.Linear(1, 1, bias=False).to(torch.bfloat16)])
+    model.head = torch.nn.Linear(1, 1)
+    model.masters, model._low = {}, []
+    with torch.no_grad():
+        model.encoders[0].weight.fill_(1.0)
+    encoder_params, _ = model.encoder_groups()
+    assert encoder_params[0].dtype == torch.float32
+    optimizer = torch.optim.SGD(encoder_params, lr=1e-4)
+    for _ in range(100):
+        model.encoders[0](torch.ones(1, 1, dtype=torch.bfloat16)).sum().neg().backward()  # gradient -1
+        model.collect_master_grads()
+        optimizer.step()
+        optimizer.zero_grad()
+        model.copy_masters()
+    assert abs(model.masters["encoders.0.weight"].item() - 1.01) < 1e-5
+    assert model.encoders[0].weight.item() == pytest.approx(1.0078125), "1.01 rounded to bfloat16"
+    assert model.trainable_state()["encoders.0.weight"].dtype == torch.float32, "checkpoints hold the masters"
