@@ -69,3 +69,20 @@ def test_master_weights_keep_updates_below_bfloat16_resolution():
     assert abs(model.masters["encoders.0.weight"].item() - 1.01) < 1e-5
     assert model.encoders[0].weight.item() == pytest.approx(1.0078125), "1.01 rounded to bfloat16"
     assert model.trainable_state()["encoders.0.weight"].dtype == torch.float32, "checkpoints hold the masters"
+
+
+def test_a_float16_cache_is_predicted_and_fine_tuned_on_a_cpu(tmp_path, tiny_model):
+    """A GPU's float16 cache: `feat predict` on a CPU computes float16 as the cache did (it refused before),
+    and `feat finetune` starts from it with loss scaling over its float16 weights."""
+    tiny = build_run(tmp_path, tiny_model, encoders=("deberta",), strategy="single",
+                     extract_options={"deberta": ["--dtype", "float16"]})
+    preds = tmp_path / "preds.csv"
+    cli("predict", tiny.run, tiny.data, "--out", preds, "--device", "cpu")
+    mine = pd.read_csv(preds, dtype={"id": str}).set_index("id")
+    saved = pd.read_csv(tiny.run / "predictions_dev.csv", dtype={"id": str}).set_index("id")
+    columns = [c for c in saved.columns if c.startswith("p_")]
+    np.testing.assert_allclose(mine.loc[saved.index, columns].to_numpy(), saved[columns].to_numpy(), atol=1e-6)
+    out = tmp_path / "ft"
+    cli("finetune", tiny.run, "--data", tiny.data, "--out", out, "--max-steps", "1", *QUICK)
+    assert read(out / "metrics.json")["parity"]["inputs"]["deberta"]["max_abs_difference"] == 0.0
+    assert read(out / "config.json")["precision"] == {"deberta": "float16 weights, float32 master copy"}

@@ -41,16 +41,14 @@ class Accelerator:
 def select_accelerator(device: str = "auto", amp: str = "auto") -> Accelerator:
     """auto: bf16 autocast on GPUs that support it, fp16 with loss scaling on older GPUs, float32 on CPU
     (CPU autocast is rarely faster, and float32 keeps step 0 equal to the cached features)."""
-    import torch
-
-    from feat.extract.device import select_device
+    from feat.extract.device import native_bf16, select_device
 
     if amp not in AMP:
         raise InputError(f"--amp must be one of {', '.join(AMP)}, not '{amp}'")
     chosen = select_device(device)
     cuda = chosen.startswith("cuda")
     if amp == "auto":
-        dtype = ("bfloat16" if torch.cuda.is_bf16_supported() else "float16") if cuda else None
+        dtype = ("bfloat16" if native_bf16(chosen) else "float16") if cuda else None
     elif amp == "off":
         dtype = None
     elif amp == "fp16" and not cuda:
