@@ -257,6 +257,11 @@ def enable_grad_checkpointing(module: nn.Module) -> str:
             net.activation_checkpointing_enable({"use_reentrant": False})
         else:
             net.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # transformers also makes the embedding output require grad (needed by reentrant checkpointing only):
+        # under --unfreeze-last the frozen blocks, not checkpointed, then kept their activations for a backward
+        # pass that needs none (tiny DeBERTa, last block trained: more saved activations than without it).
+        if hasattr(net, "disable_input_require_grads"):
+            net.disable_input_require_grads()
         return "transformers"
     lists = [m for m in net.modules() if isinstance(m, nn.ModuleList) and len(m) >= 2]
     if not lists:
