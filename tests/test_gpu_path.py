@@ -127,3 +127,29 @@ def test_grad_checkpointing_with_unfreeze_last_keeps_less_not_more(tiny_model, s
     # Measured: 906 KB without checkpointing, 75 KB with it; 779 KB when the embedding output required grad
     # (the frozen block, in eval mode and not checkpointed, then kept its activations).
     assert saved[1] < saved[0] / 4, f"checkpointing kept {saved[1]} bytes, without it {saved[0]}"
+
+
+# ----- RNG: ViLT's fixed patch order, checkpoints with fewer GPUs ----------------------------------------------
+def test_vilt_seeds_only_its_own_generator_and_restores_it(tiny_model, small_synthetic_csv, monkeypatch):
+    """A ViLT forward pass must leave every random stream as it found it: during fine-tuning, a reseeded
+    generator would replay seed 0's dropout masks at every step."""
+    from feat.extract.base import EncoderOptions, Runtime
+    from feat.extract.images import decode_image
+    from feat.extract.registry import create_encoder
+
+    reseeded = []
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", lambda seed: reseeded.append(seed))
+    monkeypatch.setattr(torch.cuda, "manual_seed", lambda seed: reseeded.append(seed))
+    encoder = create_encoder("vilt", EncoderOptions(model=str(tiny_model("vilt"))))
+    encoder.load(Runtime())
+    frame = pd.read_csv(small_synthetic_csv, keep_default_na=False).iloc[:2]
+    transform = encoder.transform()
+    pixels = torch.stack([transform(decode_image(str(small_synthetic_csv.parent / p))[0]) for p in frame["image"]])
+    torch.manual_seed(123)
+    expected = torch.rand(3)
+    torch.manual_seed(123)
+    reseeded.clear()
+    first = encoder.encode_pairs(frame["text"].tolist(), pixels)
+    assert torch.equal(torch.rand(3), expected), "the CPU stream continues where it was"
+    assert reseeded == [], "no GPU generator is reseeded"
+    np.testing.assert_array_equal(encoder.encode_pairs(frame["text"].tolist(), pixels), first)
