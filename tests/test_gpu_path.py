@@ -153,3 +153,34 @@ def test_vilt_seeds_only_its_own_generator_and_restores_it(tiny_model, small_syn
     assert torch.equal(torch.rand(3), expected), "the CPU stream continues where it was"
     assert reseeded == [], "no GPU generator is reseeded"
     np.testing.assert_array_equal(encoder.encode_pairs(frame["text"].tolist(), pixels), first)
+
+
+def mock_generators(monkeypatch, count: int) -> dict[int, torch.Tensor]:
+    """`count` CUDA generators whose states are plain tensors; touching a missing device raises IndexError, as
+    torch does."""
+    states = {i: torch.full((4,), i, dtype=torch.uint8) for i in range(count)}
+
+    def index(device) -> int:
+        i = device if isinstance(device, int) else int(str(device).partition(":")[2] or 0)
+        if i >= count:
+            raise IndexError(f"device {i} of {count}")
+        return i
+
+    mock_cuda(monkeypatch, count)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda device="cuda": states[index(device)].clone())
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda state, device="cuda": states.__setitem__(index(device), state))
+    return states
+
+
+def test_a_checkpoint_restores_its_gpu_generator_onto_the_gpu_it_resumes_on(monkeypatch):
+    from feat.finetune import checkpoint as ckpt
+
+    mock_generators(monkeypatch, 2)
+    saved = ckpt.rng_state("cuda:1")  # trained on the second GPU
+    assert torch.equal(saved["cuda"], torch.full((4,), 1, dtype=torch.uint8))
+    states = mock_generators(monkeypatch, 1)  # resumed where one GPU is visible
+    ckpt.set_rng_state(saved, "cuda:0")
+    assert torch.equal(states[0], saved["cuda"]), "cuda:1's stream continues on cuda:0"
+    ckpt.set_rng_state(saved, "cpu")  # resumed on a CPU: the CPU stream only
+    assert torch.equal(torch.get_rng_state(), saved["cpu"])

@@ -93,18 +93,19 @@ def remove(out: Path) -> None:
         folder.rmdir()
 
 
-def rng_state() -> dict[str, torch.Tensor]:
+def rng_state(device: str = "cpu") -> dict[str, torch.Tensor]:
+    """The CPU generator, and the training GPU's only: the other GPUs' generators are not this run's, and a
+    resume may see fewer GPUs, or its GPU under another index."""
     state = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    if device.startswith("cuda"):
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict[str, torch.Tensor]) -> None:
+def set_rng_state(state: dict[str, torch.Tensor], device: str = "cpu") -> None:
     torch.set_rng_state(state["cpu"])
-    cuda = [state[k] for k in sorted((k for k in state if k.startswith("cuda")), key=lambda k: int(k[4:]))]
-    if cuda and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda)
+    if device.startswith("cuda") and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def _read_index(folder: Path) -> dict | None:

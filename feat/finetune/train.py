@@ -74,7 +74,7 @@ def fit(model, rows: RowSet, cfg: FinetuneConfig, accel: Accelerator, metric: st
         scheduler.load_state_dict(resumed.scheduler)
         if resumed.scaler:
             scaler.load_state_dict(resumed.scaler)
-        ckpt.set_rng_state(resumed.rng)
+        ckpt.set_rng_state(resumed.rng, accel.device)
         best_state = resumed.best
     else:
         torch.manual_seed(cfg.seed)
@@ -84,7 +84,7 @@ def fit(model, rows: RowSet, cfg: FinetuneConfig, accel: Accelerator, metric: st
 
     def save_checkpoint() -> None:
         ckpt.save(out, ckpt.Checkpoint(identity, loop, model.trainable_state(), best_state, optimizer.state_dict(),
-                                       scheduler.state_dict(), scaler.state_dict(), ckpt.rng_state()), best_changed)
+                                       scheduler.state_dict(), scaler.state_dict(), ckpt.rng_state(accel.device)), best_changed)
 
     while not loop["done"] and loop["epoch"] <= cfg.epochs:
         epoch = loop["epoch"]
