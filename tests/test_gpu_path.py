@@ -184,3 +184,37 @@ def test_a_checkpoint_restores_its_gpu_generator_onto_the_gpu_it_resumes_on(monk
     assert torch.equal(states[0], saved["cuda"]), "cuda:1's stream continues on cuda:0"
     ckpt.set_rng_state(saved, "cpu")  # resumed on a CPU: the CPU stream only
     assert torch.equal(torch.get_rng_state(), saved["cpu"])
+
+
+# ----- host-device traffic -------------------------------------------------------------------------------------
+class RecordedTensor(torch.Tensor):
+    """A tensor that records its `.to(...)` calls."""
+
+    calls: list = []
+
+    @classmethod
+    def __torch_function__(cls, func, types, args=(), kwargs=None):
+        if func is torch.Tensor.to:
+            cls.calls.append((args[1:], dict(kwargs or {})))
+        return super().__torch_function__(func, types, args, kwargs or {})
+
+
+@pytest.mark.parametrize("name", ["effnet", "vilt"])
+def test_pixels_are_copied_asynchronously_then_converted_on_the_device(name, tiny_model):
+    """From a pinned batch, `.to(device, non_blocking=True)` copies asynchronously; converting first (as
+    `.to(device, dtype)` does) makes an unpinned CPU copy, whose transfer blocks."""
+    from feat.extract.base import EncoderOptions, Runtime
+    from feat.extract.registry import create_encoder
+
+    options = EncoderOptions(model=str(tiny_model(name))) if name == "vilt" else EncoderOptions()
+    encoder = create_encoder(name, options)
+    if name == "vilt":
+        encoder.load(Runtime())
+    encoder.runtime = Runtime(device="cpu", dtype="bfloat16")
+    pixels = torch.rand(2, 4, 8, 8).as_subclass(RecordedTensor)
+    RecordedTensor.calls = []
+    inputs = encoder.collate(["a", "b"] if name == "vilt" else None, pixels)
+    moved = inputs["pixels"] if name == "vilt" else inputs["pixel_values"]
+    assert moved.dtype == torch.bfloat16
+    args, kwargs = RecordedTensor.calls[0]
+    assert args == ("cpu",) and kwargs == {"non_blocking": True}, "the first move is the asynchronous copy"

@@ -151,9 +151,9 @@ class ImageEncoder(Encoder):
         """A (B, C, H, W) float tensor on the device -> (B, dim) float32 array."""
 
     def collate(self, texts: list[str] | None, pixels=None) -> dict:
-        from feat.extract.device import torch_dtype
+        from feat.extract.device import to_device
 
-        return {"pixel_values": pixels.to(self.runtime.device, torch_dtype(self.runtime.dtype))}
+        return {"pixel_values": to_device(pixels, self.runtime.device, self.runtime.dtype)}
 
 
 class FittedEncoder(Encoder):

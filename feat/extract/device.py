@@ -83,6 +83,13 @@ def native_bf16(device: str) -> bool:
     return torch.cuda.get_device_capability(index)[0] >= 8
 
 
+def to_device(tensor, device: str, dtype: str):
+    """Copy, then convert on the device: from a pinned batch the copy is asynchronous, and the conversion runs
+    on the GPU. `tensor.to(device, dtype)` converts on the CPU first, into an unpinned tensor whose copy then
+    blocks the host (pinning the batch bought nothing)."""
+    return tensor.to(device, non_blocking=True).to(torch_dtype(dtype))
+
+
 def torch_dtype(name: str):
     import torch
 
