@@ -218,3 +218,57 @@ def test_pixels_are_copied_asynchronously_then_converted_on_the_device(name, tin
     assert moved.dtype == torch.bfloat16
     args, kwargs = RecordedTensor.calls[0]
     assert args == ("cpu",) and kwargs == {"non_blocking": True}, "the first move is the asynchronous copy"
+
+
+class HostSyncs(torch.overrides.TorchFunctionMode):
+    """Counts the tensor-to-host reads (each waits for a GPU) made by the lines of the given files."""
+
+    READS = {torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.__bool__, torch.Tensor.numpy, torch.Tensor.cpu,
+             torch.Tensor.__float__, torch.Tensor.__int__, torch.Tensor.nonzero}
+
+    def __init__(self, files: tuple[str, ...]):
+        super().__init__()
+        self.files, self.where = files, []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        import sys
+
+        if func in self.READS:
+            caller = sys._getframe(1)
+            if caller.f_code.co_filename.endswith(self.files):
+                self.where.append(f"{caller.f_code.co_filename.split('/')[-1]}:{caller.f_lineno} "
+                                  f"{caller.f_code.co_name} {func.__name__}")
+        return func(*args, **(kwargs or {}))
+
+
+def test_training_steps_do_not_wait_for_the_device(mixed, monkeypatch):
+    """No read of a tensor by the host in a training step (forward, loss, backward, optimizer step): each
+    would stall a GPU's queue. Reads at the end of an epoch (the loss to report, evaluation) are fine."""
+    from feat.finetune import train
+
+    counted = HostSyncs(("finetune/train.py", "finetune/model.py"))
+    real_evaluate = train.evaluate
+
+    def evaluate_uncounted(*args, **kwargs):
+        counted.__exit__(None, None, None)
+        try:
+            return real_evaluate(*args, **kwargs)
+        finally:
+            counted.__enter__()
+
+    monkeypatch.setattr(train, "evaluate", evaluate_uncounted)
+    original_fit = train.fit
+
+    def fit_counted(*args, **kwargs):
+        with counted:
+            return original_fit(*args, **kwargs)
+
+    monkeypatch.setattr(train, "fit", fit_counted)
+    from feat.finetune.run import FinetuneSpec, run_finetune
+    from feat.finetune.config import FinetuneConfig
+
+    out = mixed.root / "syncs"
+    run_finetune(FinetuneSpec(mixed.run, mixed.data, out, FinetuneConfig(epochs=1, max_steps=3, batch_size=8),
+                              device="cpu", curve=False))
+    per_step = [w for w in counted.where if "sync_loss" not in w]
+    assert counted.where and per_step == [], per_step

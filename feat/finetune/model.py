@@ -90,8 +90,8 @@ class FinetuneModel(nn.Module):
         valid = torch.from_numpy(self.rows.valid[feature][batch.positions]).to(self.device)
         if "image" in modality:
             require_decoded(feature, self.rows, batch)
-            decoded = batch.decoded[feature].to(self.device)
-            texts = [t for t, ok in zip(batch.texts, decoded.tolist()) if ok] if "text" in modality else None
+            decoded = batch.decoded[feature]  # a host array: no device sync
+            texts = [t for t, ok in zip(batch.texts, decoded) if ok] if "text" in modality else None
             pixels = batch.pixels[feature]
         else:
             decoded, texts, pixels = None, batch.texts, None
@@ -103,12 +103,12 @@ class FinetuneModel(nn.Module):
             if self.half[feature]:
                 x = x.half().float()  # the head was trained on features stored as float16
             if vectors is not None:
-                kept = batch.positions if decoded is None else batch.positions[decoded.cpu().numpy()]
+                kept = batch.positions if decoded is None else batch.positions[decoded]
                 vectors.setdefault(feature, []).append((kept, x.detach().cpu().numpy()))
-            if decoded is not None and not bool(decoded.all()):
-                full = x.new_zeros(len(batch.positions), x.shape[1])
-                full[decoded] = x
-                x = full
+            if decoded is not None and not decoded.all():
+                # Row indices, not a boolean mask: masked assignment on a GPU waits for the mask's count.
+                rows = torch.from_numpy(np.flatnonzero(decoded)).to(self.device, non_blocking=True)
+                x = x.new_zeros(len(batch.positions), x.shape[1]).index_copy(0, rows, x)
         if self.standardize:
             x = (x - getattr(self, f"mean{i}")) / getattr(self, f"scale{i}")
         if self.missing == "zero":

@@ -82,7 +82,15 @@ def fit(model, rows: RowSet, cfg: FinetuneConfig, accel: Accelerator, metric: st
     y = torch.from_numpy(rows.y)
     best_changed = False
 
+    # The running loss stays on the device: `loss.item()` at every step would wait for the GPU each time.
+    running = torch.zeros((), dtype=torch.float64, device=accel.device)
+
+    def sync_loss() -> None:
+        loop["loss_sum"] += float(running)
+        running.zero_()
+
     def save_checkpoint() -> None:
+        sync_loss()
         ckpt.save(out, ckpt.Checkpoint(identity, loop, model.trainable_state(), best_state, optimizer.state_dict(),
                                        scheduler.state_dict(), scaler.state_dict(), ckpt.rng_state(accel.device)), best_changed)
 
@@ -101,7 +109,7 @@ def fit(model, rows: RowSet, cfg: FinetuneConfig, accel: Accelerator, metric: st
                 loss = criterion(model(batch).float(), y[batch.positions].to(accel.device))
                 scaler.scale(loss / group_size).backward()
                 model.collect_master_grads()
-                loop["loss_sum"] += loss.item() * len(batch.positions)
+                running.add_(loss.detach() * len(batch.positions))
                 loop["seen"] += len(batch.positions)
                 advance(1)
                 if b + 1 < group_end:
@@ -123,6 +131,7 @@ def fit(model, rows: RowSet, cfg: FinetuneConfig, accel: Accelerator, metric: st
                 if cfg.checkpoint_every and loop["step"] % cfg.checkpoint_every == 0 and b + 1 < len(chunks):
                     save_checkpoint()
 
+        sync_loss()
         from feat.fuse.train import split_metrics
 
         logits = evaluate(model, rows, dev_rows, max(cfg.batch_size, 32), transforms, num_workers, accel.pin_memory)
