@@ -272,3 +272,30 @@ def test_training_steps_do_not_wait_for_the_device(mixed, monkeypatch):
                               device="cpu", curve=False))
     per_step = [w for w in counted.where if "sync_loss" not in w]
     assert counted.where and per_step == [], per_step
+
+
+# ----- TF32: float32 means float32 -----------------------------------------------------------------------------
+def test_float32_extraction_and_parity_run_without_tf32(tmp_path, monkeypatch):
+    """cuDNN convolutions use TF32 by default on Ampere and later; `set_float32_matmul_precision` does not
+    cover them. A float32 cache and the parity check must compute in float32 (the flags exist on CPU builds)."""
+    import contextlib
+
+    from feat.extract.runner import ExtractConfig, extract
+    from feat.finetune.parity import as_cached
+    from helpers import ProbeTextEncoder, register_test_encoders, text_table
+
+    register_test_encoders(monkeypatch)
+    seen = []
+    encode = ProbeTextEncoder.encode_texts
+    monkeypatch.setattr(ProbeTextEncoder, "encode_texts", lambda self, texts: seen.append(
+        (torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision())) or encode(self, texts))
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)  # torch's default
+    extract(ExtractConfig(data=text_table(tmp_path / "d.csv", 9), cache=tmp_path / "c", encoders=["probe-text"],
+                          batch_size=4, dtype="float32", device="cpu"))
+    assert seen and set(seen) == {(False, "highest")}
+    assert torch.backends.cudnn.allow_tf32, "restored afterwards"
+
+    model = type("Model", (), {"autocast": contextlib.nullcontext})()
+    with as_cached(model, "highest"):
+        assert not torch.backends.cudnn.allow_tf32
+    assert torch.backends.cudnn.allow_tf32

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 
 from feat.errors import InputError
@@ -81,6 +82,30 @@ def native_bf16(device: str) -> bool:
         return True
     index = int(device.partition(":")[2] or 0)
     return torch.cuda.get_device_capability(index)[0] >= 8
+
+
+@contextlib.contextmanager
+def torch_settings(threads: int, dtype: str):
+    """Forward passes with `threads` torch threads (0: leave torch's default) and, for a float32 compute
+    dtype, float32 indeed: no TF32 in matmuls nor in cuDNN convolutions, which use it by default on Ampere
+    and later GPUs (10 mantissa bits) and which `set_float32_matmul_precision` does not cover. Settings are
+    restored afterwards."""
+    import torch
+
+    threads_before, matmul_before = torch.get_num_threads(), torch.get_float32_matmul_precision()
+    cudnn_before = torch.backends.cudnn.allow_tf32
+    if threads:
+        torch.set_num_threads(threads)
+    if dtype == "float32":
+        torch.set_float32_matmul_precision("highest")
+        torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        if threads:
+            torch.set_num_threads(threads_before)
+        torch.set_float32_matmul_precision(matmul_before)
+        torch.backends.cudnn.allow_tf32 = cudnn_before
 
 
 def to_device(tensor, device: str, dtype: str):

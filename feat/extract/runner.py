@@ -497,17 +497,14 @@ class LocalBackend:
         return Runtime(device=device, dtype=select_dtype(self.config.dtype, device))
 
     def batches(self, job: EncodeJob) -> Iterator[EncodedBatch]:
-        if not self.config.threads:
-            yield from self._batches(job)
+        if isinstance(job.encoder, FittedEncoder):
+            yield from self._batches(job)  # no network: torch settings do not apply (nor torch's import time)
             return
-        import torch  # here, not earlier: a run with nothing to encode never imports torch
+        from feat.extract.device import torch_settings
 
-        previous = torch.get_num_threads()
-        torch.set_num_threads(self.config.threads)
-        try:
+        # The caller's process (e.g. `feat study`, which trains next) gets its own settings back.
+        with torch_settings(self.config.threads, job.runtime.dtype):
             yield from self._batches(job)
-        finally:  # the caller's process (e.g. `feat study`, which trains next) keeps its own setting
-            torch.set_num_threads(previous)
 
     def _batches(self, job: EncodeJob) -> Iterator[EncodedBatch]:
         encoder = job.encoder
