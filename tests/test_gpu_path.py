@@ -299,3 +299,65 @@ def test_float32_extraction_and_parity_run_without_tf32(tmp_path, monkeypatch):
     with as_cached(model, "highest"):
         assert not torch.backends.cudnn.allow_tf32
     assert torch.backends.cudnn.allow_tf32
+
+
+# ----- Ray: placement on GPUs (no Ray needed for these parts) --------------------------------------------------
+def first_fit(actors: int, per_actor: float, gpus: int) -> bool:
+    """Whether Ray can place `actors` each asking `per_actor` of a GPU on `gpus` GPUs (each actor on one GPU)."""
+    free = [1.0] * gpus
+    for _ in range(actors):
+        slot = next((i for i, f in enumerate(free) if f + 1e-9 >= per_actor), None)
+        if slot is None:
+            return False
+        free[slot] -= per_actor
+    return True
+
+
+@pytest.mark.parametrize("actors,gpus", [(3, 2), (2, 2), (5, 2), (1, 4), (4, 3)])
+def test_ray_gpu_actors_can_all_be_placed(actors, gpus):
+    from feat.extract.ray_backend import RayBackend
+    from feat.extract.runner import ExtractConfig
+
+    backend = RayBackend.__new__(RayBackend)
+    backend.config, backend.cpus, backend.gpus = ExtractConfig(data=".", cache=".", encoders=["x"],
+                                                                ray_actors=actors), 16, gpus
+    count, cpus, per_actor = backend._actor_shape(decoding=False)
+    assert count == actors and first_fit(actors, per_actor, gpus)
+
+
+def test_ray_gpu_actors_limit_torch_threads_and_compute_float32_without_tf32(monkeypatch):
+    from feat.extract.base import Runtime
+    from feat.extract.ray_backend import _Actor
+
+    runtime = Runtime(device="cuda:0", dtype="float32")
+    encoder = type("Loaded", (), {"runtime": runtime, "model": object()})()  # loaded already: nothing to load
+    threads = torch.get_num_threads()
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", True)
+    try:
+        _Actor(encoder, runtime, threads=1, known_dim=None)
+        assert torch.get_num_threads() == 1, "a GPU actor uses its 1 CPU, not every core of the node"
+        assert not torch.backends.cudnn.allow_tf32
+    finally:
+        torch.set_num_threads(threads)
+        torch.set_float32_matmul_precision("highest")
+
+
+def test_ray_driver_resolves_a_hub_model_on_its_cpu_and_cuda_indices_are_refused(tmp_path):
+    from feat.extract.base import Runtime
+    from feat.extract.runner import ExtractConfig, _check_config, _fingerprint
+    from feat.errors import InputError
+
+    loads = []
+
+    class Unresolved:
+        def fingerprint(self, runtime, store_dtype):
+            return {"weights": "hub:model@unresolved" if not loads else "hub:model@abc"}
+
+        def load(self, runtime):
+            loads.append(runtime)
+
+    config = ExtractConfig(data=tmp_path, cache=tmp_path, encoders=["x"], backend="ray")
+    _fingerprint(Unresolved(), Runtime(device="cuda:0", dtype="bfloat16"), config)
+    assert loads == [Runtime(device="cpu", dtype="bfloat16")], "the driver may have no GPU; actors load their own"
+    with pytest.raises(InputError, match="Ray places actors on GPUs"):
+        _check_config(ExtractConfig(data=tmp_path, cache=tmp_path, encoders=["x"], backend="ray", device="cuda:1"))

@@ -205,6 +205,10 @@ def _check_config(config: ExtractConfig) -> None:
         raise InputError("--ray-actors must not be negative (0: sized from the cluster)")
     if config.threads < 0:
         raise InputError("--threads must not be negative (0: torch's default, one per core)")
+    if config.backend == "ray" and config.device.strip().lower().startswith("cuda:"):
+        # Ray gives each actor its own GPU, which it sees as cuda:0; an index would name another actor's GPU.
+        raise InputError(f"--device {config.device} with --backend ray: Ray places actors on GPUs; use --device "
+                         "cuda (or auto) and CUDA_VISIBLE_DEVICES to choose which GPUs Ray may use")
     if config.threads and config.backend != "local":
         raise InputError("--threads applies to --backend local; Ray actors take their share of the CPUs "
                          "(see --ray-actors)")
@@ -377,8 +381,9 @@ def _fitted_state(cache: FeatureCache, name: str, encoder: FittedEncoder, train_
 def _fingerprint(encoder: Encoder, runtime: Runtime, config: ExtractConfig) -> dict:
     fingerprint = encoder.fingerprint(runtime, config.store_dtype)
     if fingerprint["weights"].endswith("@unresolved"):
-        # A hub model not downloaded yet: its commit is known only once it is loaded (and fetched).
-        encoder.load(runtime)
+        # A hub model not downloaded yet: its commit is known only once it is loaded (and fetched). With the
+        # ray backend, `runtime` is the actors' device: the driver (maybe without a GPU) loads on its CPU.
+        encoder.load(runtime if config.backend == "local" else replace(runtime, device="cpu"))
         fingerprint = encoder.fingerprint(runtime, config.store_dtype)
     return fingerprint
 
