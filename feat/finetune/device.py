@@ -24,6 +24,12 @@ class Accelerator:
     def device_type(self) -> str:
         return self.device.split(":")[0]
 
+    def eval_batch(self, train_batch: int) -> int:
+        """Rows per evaluation (and parity) forward pass: the training batch on a GPU, where --batch-size was
+        chosen to fit its memory; at least 32 on a CPU, where memory is not the limit and larger batches cost
+        less per row."""
+        return train_batch if self.device_type == "cuda" else max(train_batch, 32)
+
     def autocast(self):
         """Mixed precision for the encoders' forward passes (a no-op context in float32)."""
         import torch

@@ -133,7 +133,7 @@ def finetune_one(spec: FinetuneSpec, source: Path, out: Path) -> FinetuneResult:
     built = _assemble(spec, saved, accel)
     identity = {"source_run": str(source.resolve()), "finetune": asdict(cfg), "features": saved.features,
                 "live": list(built.modules)}
-    eval_batch = max(cfg.batch_size, 32)
+    eval_batch = accel.eval_batch(cfg.batch_size)
     resumed = None
     if spec.resume:
         resumed = ckpt.load(out)
@@ -213,7 +213,7 @@ def _write_outputs(spec: FinetuneSpec, saved, built: _Assembled, accel, loop: di
     splits = {}
     for split in ("dev", "test"):
         positions = rows.positions(split)
-        logits = evaluate(built.model, rows, positions, max(spec.config.batch_size, 32), built.transforms,
+        logits = evaluate(built.model, rows, positions, accel.eval_batch(spec.config.batch_size), built.transforms,
                           spec.num_workers, accel.pin_memory)
         splits[split] = (positions, *split_metrics(logits, rows.y[positions]))
     tensors, fingerprints = _weights_and_fingerprints(saved, built.model, built.modules)

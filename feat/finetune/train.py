@@ -134,7 +134,8 @@ def fit(model, rows: RowSet, cfg: FinetuneConfig, accel: Accelerator, metric: st
         sync_loss()
         from feat.fuse.train import split_metrics
 
-        logits = evaluate(model, rows, dev_rows, max(cfg.batch_size, 32), transforms, num_workers, accel.pin_memory)
+        logits = evaluate(model, rows, dev_rows, accel.eval_batch(cfg.batch_size), transforms, num_workers,
+                          accel.pin_memory)
         dev = split_metrics(logits, rows.y[dev_rows])[0]
         lrs = scheduler.get_last_lr()
         loop["history"].append({"epoch": epoch, "step": loop["step"],
