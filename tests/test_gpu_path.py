@@ -361,3 +361,71 @@ def test_ray_driver_resolves_a_hub_model_on_its_cpu_and_cuda_indices_are_refused
     assert loads == [Runtime(device="cpu", dtype="bfloat16")], "the driver may have no GPU; actors load their own"
     with pytest.raises(InputError, match="Ray places actors on GPUs"):
         _check_config(ExtractConfig(data=tmp_path, cache=tmp_path, encoders=["x"], backend="ray", device="cuda:1"))
+
+
+# ----- out of memory: the batch is halved and retried; encoders are released between encoders -----------------
+def out_of_memory_above(monkeypatch, cls, method: str, rows: int) -> None:
+    """`cls.method` raises CUDA's out-of-memory error for batches of more than `rows` rows."""
+    real = getattr(cls, method)
+
+    def limited(self, *args):
+        if len(args[0]) > rows:
+            raise torch.cuda.OutOfMemoryError(f"CUDA out of memory (injected: {len(args[0])} rows)")
+        return real(self, *args)
+
+    monkeypatch.setattr(cls, method, limited)
+
+
+def read_vectors(cache, name):
+    from feat.cache import FeatureCache
+
+    rows = FeatureCache(cache).read(name).rows
+    return dict(zip(rows.ids, rows.matrix))
+
+
+def test_out_of_memory_halves_the_batch_and_reports_the_size_that_fitted(tmp_path, monkeypatch, synthetic_csv):
+    from feat.extract.runner import ExtractConfig, extract
+    from helpers import ProbeJointEncoder, ProbeTextEncoder, register_test_encoders, text_table
+
+    register_test_encoders(monkeypatch)
+    texts = text_table(tmp_path / "d.csv", 20)
+    extract(ExtractConfig(data=texts, cache=tmp_path / "ref", encoders=["probe-text"], batch_size=8))
+    extract(ExtractConfig(data=synthetic_csv, cache=tmp_path / "ref", encoders=["probe-joint"], batch_size=8))
+    out_of_memory_above(monkeypatch, ProbeTextEncoder, "encode_texts", 3)
+    out_of_memory_above(monkeypatch, ProbeJointEncoder, "encode_pairs", 5)
+    report = extract(ExtractConfig(data=texts, cache=tmp_path / "c", encoders=["probe-text"], batch_size=8))
+    assert any("out of GPU memory with batches of 4 rows; continued with 2" in n for n in report.notes), report.notes
+    joint = extract(ExtractConfig(data=synthetic_csv, cache=tmp_path / "c", encoders=["probe-joint"], batch_size=8))
+    assert any("continued with 4" in n for n in joint.notes), joint.notes
+    for name in ("probe-text", "probe-joint"):
+        reference, mine = read_vectors(tmp_path / "ref", name), read_vectors(tmp_path / "c", name)
+        assert mine.keys() == reference.keys()
+        for item in reference:  # probe-text's last two columns describe its batch (padding, members)
+            np.testing.assert_array_equal(mine[item][:6 if name == "probe-text" else None],
+                                          reference[item][:6 if name == "probe-text" else None])
+    out_of_memory_above(monkeypatch, ProbeTextEncoder, "encode_texts", 0)
+    result = cli("extract", texts, "--encoder", "probe-text", "--cache", tmp_path / "c2", expect=1)
+    assert "out of GPU memory with a batch of one row" in " ".join(result.output.split())
+
+
+def test_each_encoder_is_released_before_the_next_one_loads(tmp_path, monkeypatch, synthetic_csv):
+    import weakref
+
+    from feat.extract.runner import ExtractConfig, extract
+    from helpers import ProbeJointEncoder, ProbeTextEncoder, register_test_encoders
+
+    register_test_encoders(monkeypatch)
+    networks = []
+
+    class Network:
+        pass
+
+    def load(self, runtime):
+        assert all(ref() is None for ref in networks), "an earlier encoder's network is still held"
+        self.runtime, self.model = runtime, Network()
+        networks.append(weakref.ref(self.model))
+
+    monkeypatch.setattr(ProbeTextEncoder, "load", load)
+    monkeypatch.setattr(ProbeJointEncoder, "load", load)
+    extract(ExtractConfig(data=synthetic_csv, cache=tmp_path / "c", encoders=["probe-text", "probe-joint"]))
+    assert len(networks) == 2

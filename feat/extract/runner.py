@@ -174,6 +174,8 @@ def extract(config: ExtractConfig, prepared: dict[str, Encoder] | None = None) -
                     if not config.shard:
                         run.cache.write_bad_rows({exc.name: exc.rows})
                     raise
+                finally:
+                    _release(plan.encoder)
                 notes += reports[-1].notes
             bad = run.cache.write_bad_rows() if not config.shard else None
     finally:
@@ -212,6 +214,16 @@ def _check_config(config: ExtractConfig) -> None:
     if config.threads and config.backend != "local":
         raise InputError("--threads applies to --backend local; Ray actors take their share of the CPUs "
                          "(see --ray-actors)")
+
+
+def _release(encoder: Encoder) -> None:
+    """All encoders of an extract on one GPU would hold all their weights (and the allocator's cache) at once."""
+    import sys
+
+    encoder.release()
+    torch = sys.modules.get("torch")  # not imported by a warm run: nothing was loaded, nothing to release
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
 
 
 def _create_backend(config: ExtractConfig) -> "Backend":
@@ -517,11 +529,13 @@ class LocalBackend:
             yield from fitted_batches(job)
         elif isinstance(encoder, TextEncoder):
             _ensure_loaded(encoder, job.runtime)
+            backoff = Backoff(job)
             for rows in text_batches(job):
-                vectors = encoder.encode_texts([job.texts[r] for r in rows])
+                texts = [job.texts[r] for r in rows]
+                vectors = backoff(len(texts), lambda start, stop: encoder.encode_texts(texts[start:stop]))
                 yield EncodedBatch(rows, vectors, [""] * len(rows), forwards=1)
         elif isinstance(encoder, (ImageEncoder, JointEncoder)):
-            yield from _image_batches(job)
+            yield from _image_batches(job, Backoff(job))
         else:
             raise FeatError(f"encoder '{encoder.name}' is of no known kind")
 
@@ -598,7 +612,40 @@ def _ensure_loaded(encoder: Encoder, runtime: Runtime) -> None:
         encoder.load(runtime)
 
 
-def _image_batches(job: EncodeJob) -> Iterator[EncodedBatch]:
+class Backoff:
+    """Forward passes that survive a GPU running out of memory: the batch is halved and retried (down to one
+    row), and the size that fitted is kept for the batches after and reported. Rows of a halved batch are
+    padded with fewer neighbours: their vectors differ from a full batch's by float rounding only."""
+
+    def __init__(self, job: EncodeJob):
+        self.job, self.size = job, job.config.batch_size
+
+    def __call__(self, count: int, encode) -> np.ndarray:
+        """encode(start, stop) -> vectors of rows start..stop-1 of a batch of `count` rows."""
+        import torch
+
+        parts, start = [], 0
+        while start < count:
+            size = min(self.size, count - start)
+            try:
+                parts.append(encode(start, start + size))
+                start += size
+                continue
+            except torch.cuda.OutOfMemoryError:
+                pass  # handled outside the except block, whose traceback still holds the batch's tensors
+            if size == 1:
+                raise FeatError(f"{self.job.name}: out of GPU memory with a batch of one row; free the GPU or "
+                                "use a smaller model, --dtype bfloat16/float16, or --device cpu")
+            self.size = size // 2
+            torch.cuda.empty_cache()
+            note = (f"{self.job.name}: out of GPU memory with batches of {size} rows; continued with "
+                    f"{self.size} (use --batch-size {self.size})")
+            self.job.report.notes = [n for n in self.job.report.notes if "out of GPU memory" not in n] + [note]
+            console.print(f"[yellow]{escape(note)}", soft_wrap=True)
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def _image_batches(job: EncodeJob, backoff: Backoff) -> Iterator[EncodedBatch]:
     import torch
 
     from feat.extract.image_loader import image_batches
@@ -613,7 +660,9 @@ def _image_batches(job: EncodeJob) -> Iterator[EncodedBatch]:
         if good:
             # Loaded on the first good image: a run that only re-checks bad images loads no model.
             _ensure_loaded(encoder, runtime)
-            vectors = encode_images(encoder, [job.texts[rows[j]] for j in good], pixels)
+            texts = [job.texts[rows[j]] for j in good]
+            vectors = backoff(len(good), lambda start, stop: encode_images(encoder, texts[start:stop],
+                                                                            pixels[start:stop]))
             dim = vectors.shape[1]
         if dim is None:
             _ensure_loaded(encoder, runtime)
