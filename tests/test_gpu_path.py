@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from helpers import cli, mock_cuda
-from stage3 import QUICK, build_run, one_thread  # noqa: F401 (autouse fixture)
+from stage3 import QUICK, SMALL_FUSE, build_run, one_thread  # noqa: F401 (autouse fixture)
 
 
 def read(path):
@@ -429,3 +429,51 @@ def test_each_encoder_is_released_before_the_next_one_loads(tmp_path, monkeypatc
     monkeypatch.setattr(ProbeJointEncoder, "load", load)
     extract(ExtractConfig(data=synthetic_csv, cache=tmp_path / "c", encoders=["probe-text", "probe-joint"]))
     assert len(networks) == 2
+
+
+# ----- several processes: torchrun over gloo on the CPU ---------------------------------------------------------
+@pytest.mark.slow  # ~70 s here (two processes each import torch and transformers): run with -m slow
+def test_torchrun_with_two_processes_trains_as_one_process_does(tmp_path, tiny_model):
+    """`torchrun --nproc_per_node 2 -m feat finetune` (gloo, CPU): the same weights and predictions as one process
+    up to float rounding. Batches of 7 on 36 train rows: shares of 4 + 3, and a last batch of one row that
+    leaves the second process without rows. Dropout off (encoder and head): its masks depend on which process
+    draws them, so with dropout two processes match one statistically, not numerically."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    model = tmp_path / "deberta-no-dropout"
+    shutil.copytree(tiny_model("deberta"), model)
+    config = read(model / "config.json")
+    config.update(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, pooler_dropout=0.0)
+    (model / "config.json").write_text(json.dumps(config))
+    tiny = build_run(tmp_path, lambda name: model, encoders=("deberta",), strategy="single")
+    run = tmp_path / "run-no-dropout"
+    cli("fuse", "--cache", tiny.cache, "--features", "deberta", "--strategy", "single", "--label", "label", "--out",
+        run, *SMALL_FUSE, "--dropout", "0")
+    common = ["--epochs", "2", "--batch-size", "7", "--lr-encoder", "1e-3", "--lr-head", "3e-3", "--device", "cpu",
+              "--no-curve"]
+    cli("finetune", run, "--data", tiny.data, "--out", tmp_path / "one", *common)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")]),
+               OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "feat", "finetune", str(run), "--data", str(tiny.data), "--out",
+                           str(tmp_path / "two"), *common], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    one, two = load_file(str(tmp_path / "one" / "model.safetensors")), load_file(str(tmp_path / "two" / "model.safetensors"))
+    assert one.keys() == two.keys()
+    head = {k: v for k, v in load_file(str(run / "model.safetensors")).items() if not k.startswith("__stats__")}
+    assert max(float((one[f"head.{k}"] - v).abs().max()) for k, v in head.items()) > 1e-3, "training moved the head"
+    for key in one:
+        torch.testing.assert_close(two[key], one[key], atol=1e-5, rtol=1e-4)
+    for split in ("dev", "test"):
+        a, b = (pd.read_csv(tmp_path / run / f"predictions_{split}.csv") for run in ("one", "two"))
+        columns = [c for c in a.columns if c.startswith("p_")]
+        np.testing.assert_allclose(b[columns].to_numpy(), a[columns].to_numpy(), atol=1e-5)
+    history = [pd.read_csv(tmp_path / run / "history.csv") for run in ("one", "two")]
+    np.testing.assert_allclose(history[1]["train_loss"].iloc[1:], history[0]["train_loss"].iloc[1:], rtol=1e-5)
+    assert read(tmp_path / "two" / "metrics.json")["steps"] == read(tmp_path / "one" / "metrics.json")["steps"]

@@ -35,7 +35,7 @@ def select_device(spec: str = "auto") -> str:
     if spec == "cuda" or spec.startswith("cuda:"):
         if not torch.cuda.is_available():
             raise InputError(f"--device {spec}: no CUDA device is visible on this machine")
-        index_text = spec.partition(":")[2] or "0"
+        index_text = spec.partition(":")[2] or str(_local_rank(torch.cuda.device_count()))
         if not index_text.isdigit():
             raise InputError(f"--device must be auto, cpu, cuda or cuda:N (got '{spec}')")
         index = int(index_text)

@@ -108,6 +108,22 @@ def set_rng_state(state: dict[str, torch.Tensor], device: str = "cpu") -> None:
         torch.cuda.set_rng_state(state["cuda"], device)
 
 
+def merge_rank_rng(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """One checkpoint's RNG state for every process of a multi-process run: the first process's under its own
+    names, process r's prefixed `rank<r>.`."""
+    merged = dict(states[0])
+    for rank, state in enumerate(states[1:], start=1):
+        merged.update({f"rank{rank}.{k}": v for k, v in state.items()})
+    return merged
+
+
+def rank_rng(state: dict[str, torch.Tensor], rank: int) -> dict[str, torch.Tensor]:
+    """Process `rank`'s RNG state; a process the checkpoint did not have (resumed with more processes) takes
+    the first process's."""
+    own = {k.split(".", 1)[1]: v for k, v in state.items() if k.startswith(f"rank{rank}.")}
+    return own if rank and own else {k: v for k, v in state.items() if not k.startswith("rank")}
+
+
 def _read_index(folder: Path) -> dict | None:
     path = folder / INDEX
     return art.read_json(path) if path.exists() else None

@@ -50,11 +50,21 @@ class FinetuneResult:
 
 
 def run_finetune(spec: FinetuneSpec) -> list[FinetuneResult]:
+    """Under torchrun (WORLD_SIZE > 1), every process runs this; the first one writes (distributed.py)."""
+    from feat.extract.device import select_device
+    from feat.finetune import distributed
+
     check_config(spec.config)
     sources = resolve_sources(Path(spec.run), spec.top)
-    if len(sources) == 1:
-        return [finetune_one(spec, sources[0], Path(spec.out))]
-    results = [finetune_one(spec, source, Path(spec.out) / source.name) for source in sources]
+    world = distributed.start(select_device(spec.device))
+    try:
+        if len(sources) == 1:
+            return [finetune_one(spec, sources[0], Path(spec.out), world)]
+        results = [finetune_one(spec, source, Path(spec.out) / source.name, world) for source in sources]
+    finally:
+        world.close()
+    if not world.main:
+        return results
     rows = [{"run": str(r.source), "out": str(r.out), "metric": r.metric,
              "initial_dev": r.metrics["initial_dev"][r.metric], "dev": r.metrics["dev"][r.metric],
              "test": r.metrics["test"][r.metric], "best_epoch": r.metrics["best_epoch"]} for r in results]
@@ -112,12 +122,14 @@ class _Assembled:
     trainable: dict  # feature -> what --unfreeze-last left trainable
 
 
-def finetune_one(spec: FinetuneSpec, source: Path, out: Path) -> FinetuneResult:
+def finetune_one(spec: FinetuneSpec, source: Path, out: Path, world=None) -> FinetuneResult:
     from feat.finetune.device import select_accelerator
     from feat.finetune.parity import as_cached, check_parity
     from feat.finetune.train import class_weights, fit, new_loop
 
-    cfg = spec.config
+    from feat.finetune.distributed import World
+
+    cfg, world = spec.config, world or World()
     saved = load_run(source)
     if saved.kind == FINETUNE:
         raise InputError(f"{source} is a fine-tuned run; fine-tune the fuse run it came from "
@@ -154,16 +166,19 @@ def finetune_one(spec: FinetuneSpec, source: Path, out: Path) -> FinetuneResult:
         if loop["calmed_columns"]:
             console.print(f"constant columns (float noise) scaled by 1 instead of their std from here on: "
                           f"{loop['calmed_columns']}")
-        out.mkdir(parents=True, exist_ok=True)
-        (out / art.METRICS).unlink(missing_ok=True)  # the folder is incomplete until metrics.json is back
+        if world.main:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / art.METRICS).unlink(missing_ok=True)  # the folder is incomplete until metrics.json is back
         console.print(f"parity: dev {metric} {_fmt(initial[metric])} before any step = run's "
                       f"{_fmt(parity['run_dev'])} (max |Δp| {parity['max_probability_difference']:.2e})")
 
     result = fit(built.model, built.rows, cfg, accel, metric, class_weights(built.rows, train_cfg.class_weights),
-                 built.transforms, spec.num_workers, out, identity, loop, resumed)
-    metrics = _write_outputs(spec, saved, built, accel, loop, result, out)
-    ckpt.remove(out)
-    return FinetuneResult(out, source, metrics, metric)
+                 built.transforms, spec.num_workers, out, identity, loop, resumed, world)
+    metrics = None
+    if world.main:
+        metrics = _write_outputs(spec, saved, built, accel, loop, result, out)
+        ckpt.remove(out)
+    return FinetuneResult(out, source, world.broadcast(metrics), metric)
 
 
 def _assemble(spec: FinetuneSpec, saved, accel) -> _Assembled:
