@@ -50,6 +50,16 @@ def as_cached(model, matmul: str):
         model.autocast = autocast
 
 
+def tolerance_for(model, requested: float) -> float:
+    """The probability tolerance of the check: at least the rounding step (machine epsilon) of the lowest
+    precision a live encoder computes in. A bfloat16 encoder reproduces the cache's arithmetic, but its dev
+    batches are padded otherwise than extraction's length-sorted ones, and bfloat16 results of differently
+    shaped matrices differ by its step, 2**-7 (MiniLM, 64 synthetic rows: 4.7e-4 in probability)."""
+    steps = [torch.finfo(p.dtype).eps for f, m in zip(model.live, model.encoders) if model.native[f]
+             for p in list(m.parameters())[:1]]
+    return max([requested, *steps])
+
+
 def check_parity(model, rows: RowSet, saved, metric: str, tolerance: float, batch_size: int, transforms: dict,
                  num_workers: int = 0, pin_memory: bool = False) -> tuple[dict, dict]:
     """(dev metrics of the model before any step, parity figures); raises FeatError on a mismatch."""

@@ -124,7 +124,7 @@ class _Assembled:
 
 def finetune_one(spec: FinetuneSpec, source: Path, out: Path, world=None) -> FinetuneResult:
     from feat.finetune.device import select_accelerator
-    from feat.finetune.parity import as_cached, check_parity
+    from feat.finetune.parity import as_cached, check_parity, tolerance_for
     from feat.finetune.train import class_weights, fit, new_loop
 
     from feat.finetune.distributed import World
@@ -159,7 +159,8 @@ def finetune_one(spec: FinetuneSpec, source: Path, out: Path, world=None) -> Fin
         console.print(f"resuming {out} at epoch {loop['epoch']}, batch {loop['batch']} (step {loop['step']})")
     else:
         with as_cached(built.model, train_cfg.precision):
-            initial, parity = check_parity(built.model, built.rows, saved, metric, cfg.parity_tolerance, eval_batch,
+            initial, parity = check_parity(built.model, built.rows, saved, metric,
+                                           tolerance_for(built.model, cfg.parity_tolerance), eval_batch,
                                            built.transforms, spec.num_workers, accel.pin_memory)
         loop = new_loop(initial, parity, metric)
         loop["calmed_columns"] = built.model.calm_constant_columns()
@@ -170,7 +171,8 @@ def finetune_one(spec: FinetuneSpec, source: Path, out: Path, world=None) -> Fin
             out.mkdir(parents=True, exist_ok=True)
             (out / art.METRICS).unlink(missing_ok=True)  # the folder is incomplete until metrics.json is back
         console.print(f"parity: dev {metric} {_fmt(initial[metric])} before any step = run's "
-                      f"{_fmt(parity['run_dev'])} (max |Δp| {parity['max_probability_difference']:.2e})")
+                      f"{_fmt(parity['run_dev'])} (max |Δp| {parity['max_probability_difference']:.2e}, "
+                      f"tolerance {parity['tolerance']:.2g})")
 
     result = fit(built.model, built.rows, cfg, accel, metric, class_weights(built.rows, train_cfg.class_weights),
                  built.transforms, spec.num_workers, out, identity, loop, resumed, world)
