@@ -478,3 +478,16 @@ def test_torchrun_with_two_processes_trains_as_one_process_does(tmp_path, tiny_m
     history = [pd.read_csv(tmp_path / run / "history.csv") for run in ("one", "two")]
     np.testing.assert_allclose(history[1]["train_loss"].iloc[1:], history[0]["train_loss"].iloc[1:], rtol=1e-5)
     assert read(tmp_path / "two" / "metrics.json")["steps"] == read(tmp_path / "one" / "metrics.json")["steps"]
+
+
+def test_python_dash_m_feat_is_the_feat_command():
+    """What `torchrun ... -m feat finetune ...` runs in each process."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run([sys.executable, "-m", "feat", "finetune", "--help"], env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0 and "Usage: feat finetune" in " ".join(done.stdout.split()), done.stderr[-2000:]
