@@ -491,3 +491,17 @@ def test_python_dash_m_feat_is_the_feat_command():
     done = subprocess.run([sys.executable, "-m", "feat", "finetune", "--help"], env=env, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0 and "Usage: feat finetune" in " ".join(done.stdout.split()), done.stderr[-2000:]
+
+
+def test_every_process_resumes_its_own_random_stream():
+    from feat.finetune import checkpoint as ckpt
+    from feat.finetune.distributed import World
+
+    states = [{"cpu": torch.full((3,), r, dtype=torch.uint8)} for r in range(3)]
+    merged = ckpt.merge_rank_rng(states)
+    for rank in range(3):
+        assert torch.equal(ckpt.rank_rng(merged, rank)["cpu"], states[rank]["cpu"])
+    assert torch.equal(ckpt.rank_rng(merged, 5)["cpu"], states[0]["cpu"]), "more processes than saved: the first's"
+    shares = [World(rank, 2).share(np.arange(7)) for rank in range(2)]
+    assert [s.tolist() for s in shares] == [[0, 1, 2, 3], [4, 5, 6]]
+    assert [len(World(rank, 2).share(np.arange(1))) for rank in range(2)] == [1, 0]
