@@ -52,17 +52,22 @@ def register_test_encoders(monkeypatch) -> None:
         monkeypatch.setitem(registry.ENCODERS, name, target)
 
 
-def mock_cuda(monkeypatch, count: int, bf16: bool = True) -> None:
+def mock_cuda(monkeypatch, count: int, bf16: bool | list[bool] = True) -> None:
     """Make torch see `count` CUDA devices (no GPU is lent to this project), on a machine that also looks
-    as if it had a GPU driver, since device selection checks for one before asking torch."""
+    as if it had a GPU driver, since device selection checks for one before asking torch. `bf16`: whether
+    the devices (or each device) compute bfloat16 natively (compute capability 8.0 rather than 7.5);
+    `is_bf16_supported` says yes regardless, as torch does for emulated bfloat16."""
     import torch
 
     import feat.extract.device as device
 
+    native = bf16 if isinstance(bf16, list) else [bf16] * count
     monkeypatch.setattr(device, "gpu_driver_present", lambda: True)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: count > 0)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: bf16)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda index=None: (8, 0) if native[index or 0] else (7, 5))
+    monkeypatch.setattr(torch.version, "hip", None)
 
 
 def files_under(folder: Path) -> list[str]:

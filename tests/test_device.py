@@ -46,11 +46,35 @@ def test_dtype_auto_follows_the_device(gpus):
     assert select_dtype("bfloat16", "cpu") == "bfloat16"
 
 
-def test_dtype_refusals():
-    with pytest.raises(InputError, match="not supported on CPU"):
-        select_dtype("float16", "cpu")
+def test_dtype_refusals_and_float16_on_cpu():
+    assert select_dtype("float16", "cpu") == "float16", "how a float16 GPU cache is reproduced on a CPU"
     with pytest.raises(InputError, match="one of"):
         select_dtype("float64", "cpu")
+
+
+def test_emulated_bf16_is_not_chosen_and_the_chosen_gpu_is_asked(gpus):
+    """torch.cuda.is_bf16_supported() says yes on a T4 or V100 (emulated, slow) and asks about cuda:0."""
+    from feat.finetune.device import select_accelerator
+
+    gpus(2, bf16=[False, True])  # e.g. a T4 beside an A100
+    assert select_dtype("auto", "cuda:0") == "float16"
+    assert select_dtype("auto", "cuda:1") == "bfloat16"
+    assert select_accelerator("cuda:0", "auto").amp_dtype == "float16"
+    assert select_accelerator("cuda:0", "auto").loss_scaling
+    assert select_accelerator("cuda:1", "auto").amp_dtype == "bfloat16"
+
+
+def test_auto_takes_the_gpu_of_its_local_rank(gpus, monkeypatch):
+    """torchrun / Slurm: one process per GPU, each told its LOCAL_RANK."""
+    gpus(2)
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert select_device("auto") == "cuda:1"
+    assert select_device("cuda:0") == "cuda:0", "an explicit device wins"
+    monkeypatch.setenv("LOCAL_RANK", "2")
+    with pytest.raises(InputError, match="LOCAL_RANK=2 but only 2"):
+        select_device("auto")
+    gpus(0)
+    assert select_device("auto") == "cpu", "torchrun on a CPU machine"
 
 
 def test_cpu_selection_does_not_need_torch(monkeypatch):

@@ -466,3 +466,12 @@ def test_finetuning_calms_the_noise_columns_of_older_runs():
     assert model.calm_constant_columns() == {"x": 1}
     assert model.live_stats()["x"]["scale"].tolist() == pytest.approx([0.05, 0.04, 1.0, 1.0])
     assert model.calm_constant_columns() == {}
+
+
+def test_evaluation_batches_follow_a_lowered_batch_size_on_a_gpu(monkeypatch):
+    """--batch-size 4 chosen to fit a GPU's memory: evaluation and parity must not run batches of 32 there."""
+    from feat.finetune.device import select_accelerator
+
+    mock_cuda(monkeypatch, 1)
+    assert select_accelerator("cuda", "auto").eval_batch(4) == 4
+    assert select_accelerator("cpu", "auto").eval_batch(4) == 32

@@ -98,6 +98,12 @@ class Encoder(ABC):
     def load(self, runtime: Runtime) -> None:
         """Load weights on `runtime.device`; raise FeatError if any weight would be random."""
 
+    def release(self) -> None:
+        """Drop the loaded network (kept: tokenizer, processor, fit). Between the encoders of one extract, so
+        that the next one has the GPU's memory; `load()` brings it back."""
+        if getattr(self, "model", None) is not None:
+            self.model = None
+
     def row_hash(self, text: str | None, image_digest: str | None) -> str:
         """The per-row content hash: a row is re-encoded when this changes."""
         source = text if self.modality == "text" else image_digest
@@ -151,9 +157,9 @@ class ImageEncoder(Encoder):
         """A (B, C, H, W) float tensor on the device -> (B, dim) float32 array."""
 
     def collate(self, texts: list[str] | None, pixels=None) -> dict:
-        from feat.extract.device import torch_dtype
+        from feat.extract.device import to_device
 
-        return {"pixel_values": pixels.to(self.runtime.device, torch_dtype(self.runtime.dtype))}
+        return {"pixel_values": to_device(pixels, self.runtime.device, self.runtime.dtype)}
 
 
 class FittedEncoder(Encoder):

@@ -65,11 +65,11 @@ class HFJointEncoder(JointEncoder):
             return self.embed(self.collate(texts, pixels)).float().cpu().numpy()
 
     def collate(self, texts: list[str] | None, pixels=None) -> dict:
-        from feat.extract.device import torch_dtype
+        from feat.extract.device import to_device
 
         if len(texts) != len(pixels):
             raise ValueError(f"{len(texts)} texts for {len(pixels)} images")
-        return {"text": self.tokenize(texts), "pixels": pixels.to(self.runtime.device, torch_dtype(self.runtime.dtype))}
+        return {"text": self.tokenize(texts), "pixels": to_device(pixels, self.runtime.device, self.runtime.dtype)}
 
     def embed(self, inputs: dict):
         return self.forward(inputs["text"], inputs["pixels"])

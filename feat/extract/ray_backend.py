@@ -129,7 +129,9 @@ class RayBackend:
         wanted = self.config.ray_actors
         if self.gpus:
             actors = wanted or self.gpus
-            return actors, 1, min(1.0, self.gpus / actors)  # more actors than GPUs share them
+            # More actors than GPUs share them, as whole fractions: 3 actors of 2/3 GPU each fit on no 2 GPUs
+            # (each GPU has 1/3 left beside one of them); of 1/2 each, two share a GPU and one has its own.
+            return actors, 1, 1 / -(-actors // self.gpus)
         free = max(1, self.cpus - 1) if decoding else self.cpus  # one CPU left for the decoding tasks
         if wanted:
             return wanted, free / wanted, 0
@@ -198,8 +200,11 @@ class _Actor:
     def __init__(self, encoder: Encoder, runtime: Runtime, threads: int, known_dim: int | None):
         import torch
 
-        if runtime.device == "cpu":
-            torch.set_num_threads(threads)  # the actor's share of the node, not every core of it
+        # The actor's share of the node (1 CPU beside a GPU), not every core of it: GPU actors too.
+        torch.set_num_threads(threads)
+        if runtime.dtype == "float32":  # float32 indeed, as the local backend computes it (device.torch_settings)
+            torch.set_float32_matmul_precision("highest")
+            torch.backends.cudnn.allow_tf32 = False
         self.encoder = encoder
         _ensure_loaded(encoder, runtime)
         self.dim = known_dim

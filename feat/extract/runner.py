@@ -174,6 +174,8 @@ def extract(config: ExtractConfig, prepared: dict[str, Encoder] | None = None) -
                     if not config.shard:
                         run.cache.write_bad_rows({exc.name: exc.rows})
                     raise
+                finally:
+                    _release(plan.encoder)
                 notes += reports[-1].notes
             bad = run.cache.write_bad_rows() if not config.shard else None
     finally:
@@ -205,9 +207,23 @@ def _check_config(config: ExtractConfig) -> None:
         raise InputError("--ray-actors must not be negative (0: sized from the cluster)")
     if config.threads < 0:
         raise InputError("--threads must not be negative (0: torch's default, one per core)")
+    if config.backend == "ray" and config.device.strip().lower().startswith("cuda:"):
+        # Ray gives each actor its own GPU, which it sees as cuda:0; an index would name another actor's GPU.
+        raise InputError(f"--device {config.device} with --backend ray: Ray places actors on GPUs; use --device "
+                         "cuda (or auto) and CUDA_VISIBLE_DEVICES to choose which GPUs Ray may use")
     if config.threads and config.backend != "local":
         raise InputError("--threads applies to --backend local; Ray actors take their share of the CPUs "
                          "(see --ray-actors)")
+
+
+def _release(encoder: Encoder) -> None:
+    """All encoders of an extract on one GPU would hold all their weights (and the allocator's cache) at once."""
+    import sys
+
+    encoder.release()
+    torch = sys.modules.get("torch")  # not imported by a warm run: nothing was loaded, nothing to release
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
 
 
 def _create_backend(config: ExtractConfig) -> "Backend":
@@ -377,8 +393,9 @@ def _fitted_state(cache: FeatureCache, name: str, encoder: FittedEncoder, train_
 def _fingerprint(encoder: Encoder, runtime: Runtime, config: ExtractConfig) -> dict:
     fingerprint = encoder.fingerprint(runtime, config.store_dtype)
     if fingerprint["weights"].endswith("@unresolved"):
-        # A hub model not downloaded yet: its commit is known only once it is loaded (and fetched).
-        encoder.load(runtime)
+        # A hub model not downloaded yet: its commit is known only once it is loaded (and fetched). With the
+        # ray backend, `runtime` is the actors' device: the driver (maybe without a GPU) loads on its CPU.
+        encoder.load(runtime if config.backend == "local" else replace(runtime, device="cpu"))
         fingerprint = encoder.fingerprint(runtime, config.store_dtype)
     return fingerprint
 
@@ -497,17 +514,14 @@ class LocalBackend:
         return Runtime(device=device, dtype=select_dtype(self.config.dtype, device))
 
     def batches(self, job: EncodeJob) -> Iterator[EncodedBatch]:
-        if not self.config.threads:
-            yield from self._batches(job)
+        if isinstance(job.encoder, FittedEncoder):
+            yield from self._batches(job)  # no network: torch settings do not apply (nor torch's import time)
             return
-        import torch  # here, not earlier: a run with nothing to encode never imports torch
+        from feat.extract.device import torch_settings
 
-        previous = torch.get_num_threads()
-        torch.set_num_threads(self.config.threads)
-        try:
+        # The caller's process (e.g. `feat study`, which trains next) gets its own settings back.
+        with torch_settings(self.config.threads, job.runtime.dtype):
             yield from self._batches(job)
-        finally:  # the caller's process (e.g. `feat study`, which trains next) keeps its own setting
-            torch.set_num_threads(previous)
 
     def _batches(self, job: EncodeJob) -> Iterator[EncodedBatch]:
         encoder = job.encoder
@@ -515,11 +529,13 @@ class LocalBackend:
             yield from fitted_batches(job)
         elif isinstance(encoder, TextEncoder):
             _ensure_loaded(encoder, job.runtime)
+            backoff = Backoff(job)
             for rows in text_batches(job):
-                vectors = encoder.encode_texts([job.texts[r] for r in rows])
+                texts = [job.texts[r] for r in rows]
+                vectors = backoff(len(texts), lambda start, stop: encoder.encode_texts(texts[start:stop]))
                 yield EncodedBatch(rows, vectors, [""] * len(rows), forwards=1)
         elif isinstance(encoder, (ImageEncoder, JointEncoder)):
-            yield from _image_batches(job)
+            yield from _image_batches(job, Backoff(job))
         else:
             raise FeatError(f"encoder '{encoder.name}' is of no known kind")
 
@@ -596,7 +612,40 @@ def _ensure_loaded(encoder: Encoder, runtime: Runtime) -> None:
         encoder.load(runtime)
 
 
-def _image_batches(job: EncodeJob) -> Iterator[EncodedBatch]:
+class Backoff:
+    """Forward passes that survive a GPU running out of memory: the batch is halved and retried (down to one
+    row), and the size that fitted is kept for the batches after and reported. Rows of a halved batch are
+    padded with fewer neighbours: their vectors differ from a full batch's by float rounding only."""
+
+    def __init__(self, job: EncodeJob):
+        self.job, self.size = job, job.config.batch_size
+
+    def __call__(self, count: int, encode) -> np.ndarray:
+        """encode(start, stop) -> vectors of rows start..stop-1 of a batch of `count` rows."""
+        import torch
+
+        parts, start = [], 0
+        while start < count:
+            size = min(self.size, count - start)
+            try:
+                parts.append(encode(start, start + size))
+                start += size
+                continue
+            except torch.cuda.OutOfMemoryError:
+                pass  # handled outside the except block, whose traceback still holds the batch's tensors
+            if size == 1:
+                raise FeatError(f"{self.job.name}: out of GPU memory with a batch of one row; free the GPU or "
+                                "use a smaller model, --dtype bfloat16/float16, or --device cpu")
+            self.size = size // 2
+            torch.cuda.empty_cache()
+            note = (f"{self.job.name}: out of GPU memory with batches of {size} rows; continued with "
+                    f"{self.size} (use --batch-size {self.size})")
+            self.job.report.notes = [n for n in self.job.report.notes if "out of GPU memory" not in n] + [note]
+            console.print(f"[yellow]{escape(note)}", soft_wrap=True)
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
+
+
+def _image_batches(job: EncodeJob, backoff: Backoff) -> Iterator[EncodedBatch]:
     import torch
 
     from feat.extract.image_loader import image_batches
@@ -611,7 +660,9 @@ def _image_batches(job: EncodeJob) -> Iterator[EncodedBatch]:
         if good:
             # Loaded on the first good image: a run that only re-checks bad images loads no model.
             _ensure_loaded(encoder, runtime)
-            vectors = encode_images(encoder, [job.texts[rows[j]] for j in good], pixels)
+            texts = [job.texts[rows[j]] for j in good]
+            vectors = backoff(len(good), lambda start, stop: encode_images(encoder, texts[start:stop],
+                                                                            pixels[start:stop]))
             dim = vectors.shape[1]
         if dim is None:
             _ensure_loaded(encoder, runtime)

@@ -68,9 +68,16 @@ class ViltEncoder(HFJointEncoder):
 
         # ViLT draws the order of image patches with torch.multinomial; a fixed generator state makes the
         # stored bytes reproducible (the pooled output does not depend on that order beyond float rounding).
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
+        # Only the generator of the pixels' device is seeded, and it is restored: torch.manual_seed would
+        # reseed every GPU's generator for good, and each fine-tuning step would replay seed 0's dropout.
+        generator = torch.cuda.default_generators[pixels.device.index] if pixels.is_cuda \
+            else torch.default_generator
+        state = generator.get_state()
+        generator.manual_seed(0)
+        try:
             out = self.model(input_ids=text["input_ids"], attention_mask=text["attention_mask"],
                              token_type_ids=text.get("token_type_ids"), pixel_values=pixels[:, :3],
                              pixel_mask=pixels[:, 3].round().long())
+        finally:
+            generator.set_state(state)
         return out.pooler_output

@@ -93,18 +93,35 @@ def remove(out: Path) -> None:
         folder.rmdir()
 
 
-def rng_state() -> dict[str, torch.Tensor]:
+def rng_state(device: str = "cpu") -> dict[str, torch.Tensor]:
+    """The CPU generator, and the training GPU's only: the other GPUs' generators are not this run's, and a
+    resume may see fewer GPUs, or its GPU under another index."""
     state = {"cpu": torch.get_rng_state()}
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    if device.startswith("cuda"):
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: dict[str, torch.Tensor]) -> None:
+def set_rng_state(state: dict[str, torch.Tensor], device: str = "cpu") -> None:
     torch.set_rng_state(state["cpu"])
-    cuda = [state[k] for k in sorted((k for k in state if k.startswith("cuda")), key=lambda k: int(k[4:]))]
-    if cuda and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(cuda)
+    if device.startswith("cuda") and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
+
+
+def merge_rank_rng(states: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """One checkpoint's RNG state for every process of a multi-process run: the first process's under its own
+    names, process r's prefixed `rank<r>.`."""
+    merged = dict(states[0])
+    for rank, state in enumerate(states[1:], start=1):
+        merged.update({f"rank{rank}.{k}": v for k, v in state.items()})
+    return merged
+
+
+def rank_rng(state: dict[str, torch.Tensor], rank: int) -> dict[str, torch.Tensor]:
+    """Process `rank`'s RNG state; a process the checkpoint did not have (resumed with more processes) takes
+    the first process's."""
+    own = {k.split(".", 1)[1]: v for k, v in state.items() if k.startswith(f"rank{rank}.")}
+    return own if rank and own else {k: v for k, v in state.items() if not k.startswith("rank")}
 
 
 def _read_index(folder: Path) -> dict | None:

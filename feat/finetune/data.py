@@ -116,7 +116,7 @@ class Batch:
     positions: np.ndarray  # rows of the RowSet
     texts: list[str] | None
     pixels: dict  # feature -> (good rows, C, H, W) tensor of its encoder's transform, or None
-    decoded: dict  # feature -> (rows,) bool tensor: the image decoded and transformed
+    decoded: dict  # feature -> (rows,) bool array: the image decoded and transformed
     reasons: list[str]  # why a row's image did not decode ("" when it did)
 
 
@@ -155,7 +155,7 @@ def _collate(samples):
     for feature in samples[0][1]:
         good = [s[1][feature] for s in samples if s[1][feature] is not None]
         pixels[feature] = torch.stack(good) if good else None
-        decoded[feature] = torch.tensor([s[1][feature] is not None for s in samples])
+        decoded[feature] = np.array([s[1][feature] is not None for s in samples])  # host-side bookkeeping
     return positions, pixels, decoded, [s[2] for s in samples]
 
 
@@ -201,7 +201,7 @@ def ordered_chunks(positions: np.ndarray, batch_size: int) -> list[np.ndarray]:
 
 def require_decoded(feature: str, rows: RowSet, batch: Batch) -> None:
     """A row whose cached features are valid must decode now too (the content check makes this rare)."""
-    decoded = batch.decoded[feature].numpy()
+    decoded = batch.decoded[feature]
     bad = [i for i, p in enumerate(batch.positions) if rows.valid[feature][p] and not decoded[i]]
     if bad:
         listed = "; ".join(f"{rows.ids[batch.positions[i]]}: {batch.reasons[i]}" for i in bad[:5])

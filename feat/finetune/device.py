@@ -24,6 +24,12 @@ class Accelerator:
     def device_type(self) -> str:
         return self.device.split(":")[0]
 
+    def eval_batch(self, train_batch: int) -> int:
+        """Rows per evaluation (and parity) forward pass: the training batch on a GPU, where --batch-size was
+        chosen to fit its memory; at least 32 on a CPU, where memory is not the limit and larger batches cost
+        less per row."""
+        return train_batch if self.device_type == "cuda" else max(train_batch, 32)
+
     def autocast(self):
         """Mixed precision for the encoders' forward passes (a no-op context in float32)."""
         import torch
@@ -32,25 +38,23 @@ class Accelerator:
             return contextlib.nullcontext()
         return torch.autocast(self.device_type, dtype=getattr(torch, self.amp_dtype))
 
-    def grad_scaler(self):
+    def grad_scaler(self, float16_weights: bool = False):
         import torch
 
-        return torch.amp.GradScaler(self.device_type, enabled=self.loss_scaling)
+        return torch.amp.GradScaler(self.device_type, enabled=self.loss_scaling or float16_weights)
 
 
 def select_accelerator(device: str = "auto", amp: str = "auto") -> Accelerator:
     """auto: bf16 autocast on GPUs that support it, fp16 with loss scaling on older GPUs, float32 on CPU
     (CPU autocast is rarely faster, and float32 keeps step 0 equal to the cached features)."""
-    import torch
-
-    from feat.extract.device import select_device
+    from feat.extract.device import native_bf16, select_device
 
     if amp not in AMP:
         raise InputError(f"--amp must be one of {', '.join(AMP)}, not '{amp}'")
     chosen = select_device(device)
     cuda = chosen.startswith("cuda")
     if amp == "auto":
-        dtype = ("bfloat16" if torch.cuda.is_bf16_supported() else "float16") if cuda else None
+        dtype = ("bfloat16" if native_bf16(chosen) else "float16") if cuda else None
     elif amp == "off":
         dtype = None
     elif amp == "fp16" and not cuda:

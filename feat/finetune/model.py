@@ -19,6 +19,8 @@ from torch import nn
 from feat.errors import InputError
 from feat.finetune.data import Batch, RowSet, require_decoded
 
+LOW = (torch.bfloat16, torch.float16)
+
 
 class FinetuneModel(nn.Module):
     def __init__(self, features: list[str], live: dict[str, nn.Module], head: nn.Module, rows: RowSet,
@@ -37,6 +39,12 @@ class FinetuneModel(nn.Module):
             self.register_buffer(f"scale{i}", torch.from_numpy(stats[f]["scale"]))
         self.fixed = {f: _prepared(rows, f, stats, missing) for f in features if f not in live}
         self.autocast = contextlib.nullcontext  # the trainer sets its Accelerator's autocast
+        # An encoder loaded in its cache's low compute dtype runs in it natively (never under autocast, whose
+        # float32 norms and softmax are another arithmetic than the cache's); its float32 master copies are made
+        # by `encoder_groups`.
+        self.native = {f: any(p.dtype in LOW for p in m.parameters()) for f, m in live.items()}
+        self.masters: dict[str, nn.Parameter] = {}
+        self._low: list[tuple[nn.Parameter, nn.Parameter]] = []
 
     @property
     def device(self) -> torch.device:
@@ -82,25 +90,25 @@ class FinetuneModel(nn.Module):
         valid = torch.from_numpy(self.rows.valid[feature][batch.positions]).to(self.device)
         if "image" in modality:
             require_decoded(feature, self.rows, batch)
-            decoded = batch.decoded[feature].to(self.device)
-            texts = [t for t, ok in zip(batch.texts, decoded.tolist()) if ok] if "text" in modality else None
+            decoded = batch.decoded[feature]  # a host array: no device sync
+            texts = [t for t, ok in zip(batch.texts, decoded) if ok] if "text" in modality else None
             pixels = batch.pixels[feature]
         else:
             decoded, texts, pixels = None, batch.texts, None
         if pixels is None and decoded is not None:  # no image of this batch decoded (all rows invalid here)
             x = torch.zeros(len(batch.positions), self.rows.cached[feature].shape[1], device=self.device)
         else:
-            with self.autocast():
+            with contextlib.nullcontext() if self.native[feature] else self.autocast():
                 x = encoder(encoder.collate(texts, pixels)).float()
             if self.half[feature]:
                 x = x.half().float()  # the head was trained on features stored as float16
             if vectors is not None:
-                kept = batch.positions if decoded is None else batch.positions[decoded.cpu().numpy()]
+                kept = batch.positions if decoded is None else batch.positions[decoded]
                 vectors.setdefault(feature, []).append((kept, x.detach().cpu().numpy()))
-            if decoded is not None and not bool(decoded.all()):
-                full = x.new_zeros(len(batch.positions), x.shape[1])
-                full[decoded] = x
-                x = full
+            if decoded is not None and not decoded.all():
+                # Row indices, not a boolean mask: masked assignment on a GPU waits for the mask's count.
+                rows = torch.from_numpy(np.flatnonzero(decoded)).to(self.device, non_blocking=True)
+                x = x.new_zeros(len(batch.positions), x.shape[1]).index_copy(0, rows, x)
         if self.standardize:
             x = (x - getattr(self, f"mean{i}")) / getattr(self, f"scale{i}")
         if self.missing == "zero":
@@ -123,13 +131,36 @@ class FinetuneModel(nn.Module):
         return self
 
     def encoder_groups(self) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
-        """(trainable encoder parameters, head parameters): they get different learning rates."""
-        encoder = [p for e in self.encoders for p in e.parameters() if p.requires_grad]
+        """(trainable encoder parameters, head parameters): they get different learning rates. A trainable
+        bfloat16/float16 parameter is represented by a float32 master copy (made here), which the optimizer
+        steps: a step of 2e-5 on a weight of 0.05 is below bfloat16's resolution and would be lost."""
+        named = [(n, p) for n, p in self.encoders.named_parameters(prefix="encoders") if p.requires_grad]
+        self.masters = {n: nn.Parameter(p.detach().float().clone()) for n, p in named if p.dtype in LOW}
+        self._low = [(p, self.masters[n]) for n, p in named if n in self.masters]
+        encoder = [self.masters.get(n, p) for n, p in named]
         return encoder, [p for p in self.head.parameters() if p.requires_grad]
 
+    def has_float16(self) -> bool:
+        return any(p.dtype == torch.float16 for p in self.encoders.parameters())
+
+    def collect_master_grads(self) -> None:
+        """After each backward: low-precision gradients move to their master copies, accumulated in float32."""
+        for param, master in self._low:
+            if param.grad is not None:
+                grad = param.grad.float()
+                master.grad = grad if master.grad is None else master.grad.add_(grad)
+                param.grad = None
+
+    def copy_masters(self) -> None:
+        """After an optimizer step: the network runs with its master weights rounded to its dtype."""
+        with torch.no_grad():
+            for param, master in self._low:
+                param.copy_(master)
+
     def trainable_state(self) -> dict[str, torch.Tensor]:
-        """What training changes: trainable parameters and every buffer (a real copy, on the CPU)."""
-        state = {name: p for name, p in self.named_parameters() if p.requires_grad}
+        """What training changes: trainable parameters (master copies where there are) and every buffer
+        (a real copy, on the CPU)."""
+        state = {name: self.masters.get(name, p) for name, p in self.named_parameters() if p.requires_grad}
         state.update(dict(self.named_buffers()))
         return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
 
@@ -142,6 +173,8 @@ class FinetuneModel(nn.Module):
         with torch.no_grad():
             for k, v in state.items():
                 own[k].copy_(v)
+                if k in self.masters:
+                    self.masters[k].copy_(v)
 
     def trainable_state_keys(self) -> list[str]:
         return [n for n, p in self.named_parameters() if p.requires_grad] + [n for n, _ in self.named_buffers()]
@@ -224,6 +257,11 @@ def enable_grad_checkpointing(module: nn.Module) -> str:
             net.activation_checkpointing_enable({"use_reentrant": False})
         else:
             net.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # transformers also makes the embedding output require grad (needed by reentrant checkpointing only):
+        # under --unfreeze-last the frozen blocks, not checkpointed, then kept their activations for a backward
+        # pass that needs none (tiny DeBERTa, last block trained: more saved activations than without it).
+        if hasattr(net, "disable_input_require_grads"):
+            net.disable_input_require_grads()
         return "transformers"
     lists = [m for m in net.modules() if isinstance(m, nn.ModuleList) and len(m) >= 2]
     if not lists:

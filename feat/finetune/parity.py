@@ -31,22 +31,33 @@ def evaluate(model, rows: RowSet, positions: np.ndarray, batch_size: int, transf
 
 
 @contextlib.contextmanager
-def as_cached(model, device_type: str, compute_dtype: str, matmul: str):
-    """Run `model` as the cache and the run computed: the encoders in the features' compute dtype (autocast
-    when that was not float32, whatever the training precision) and the head's float32 matmul precision."""
+def as_cached(model, matmul: str):
+    """Run `model` as the cache and the run computed: float32 encoders without autocast and without TF32
+    (cuDNN convolutions use TF32 by default on Ampere and later, which `set_float32_matmul_precision` does not
+    cover), low-precision encoders in their own dtype (always), the head in its float32 matmul precision."""
     from feat.fuse.config import PRECISION
 
     previous, autocast = torch.get_float32_matmul_precision(), model.autocast
-    if compute_dtype != "float32":
-        model.autocast = lambda: torch.autocast(device_type, dtype=getattr(torch, compute_dtype))
-    else:
-        model.autocast = contextlib.nullcontext
+    cudnn_tf32 = torch.backends.cudnn.allow_tf32
+    model.autocast = contextlib.nullcontext
     torch.set_float32_matmul_precision(PRECISION.get(matmul, "highest"))
+    torch.backends.cudnn.allow_tf32 = False
     try:
         yield
     finally:
         torch.set_float32_matmul_precision(previous)
+        torch.backends.cudnn.allow_tf32 = cudnn_tf32
         model.autocast = autocast
+
+
+def tolerance_for(model, requested: float) -> float:
+    """The probability tolerance of the check: at least the rounding step (machine epsilon) of the lowest
+    precision a live encoder computes in. A bfloat16 encoder reproduces the cache's arithmetic, but its dev
+    batches are padded otherwise than extraction's length-sorted ones, and bfloat16 results of differently
+    shaped matrices differ by its step, 2**-7 (MiniLM, 64 synthetic rows: 4.7e-4 in probability)."""
+    steps = [torch.finfo(p.dtype).eps for f, m in zip(model.live, model.encoders) if model.native[f]
+             for p in list(m.parameters())[:1]]
+    return max([requested, *steps])
 
 
 def check_parity(model, rows: RowSet, saved, metric: str, tolerance: float, batch_size: int, transforms: dict,

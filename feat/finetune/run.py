@@ -51,11 +51,21 @@ class FinetuneResult:
 
 
 def run_finetune(spec: FinetuneSpec) -> list[FinetuneResult]:
+    """Under torchrun (WORLD_SIZE > 1), every process runs this; the first one writes (distributed.py)."""
+    from feat.extract.device import select_device
+    from feat.finetune import distributed
+
     check_config(spec.config)
     sources = resolve_sources(Path(spec.run), spec.top)
-    if len(sources) == 1:
-        return [finetune_one(spec, sources[0], Path(spec.out))]
-    results = [finetune_one(spec, source, Path(spec.out) / source.name) for source in sources]
+    world = distributed.start(select_device(spec.device))
+    try:
+        if len(sources) == 1:
+            return [finetune_one(spec, sources[0], Path(spec.out), world)]
+        results = [finetune_one(spec, source, Path(spec.out) / source.name, world) for source in sources]
+    finally:
+        world.close()
+    if not world.main:
+        return results
     rows = [{"run": str(r.source), "out": str(r.out), "metric": r.metric,
              "initial_dev": r.metrics["initial_dev"][r.metric], "dev": r.metrics["dev"][r.metric],
              "test": r.metrics["test"][r.metric], "best_epoch": r.metrics["best_epoch"]} for r in results]
@@ -116,12 +126,14 @@ class _Assembled:
     trainable: dict  # feature -> what --unfreeze-last left trainable
 
 
-def finetune_one(spec: FinetuneSpec, source: Path, out: Path) -> FinetuneResult:
+def finetune_one(spec: FinetuneSpec, source: Path, out: Path, world=None) -> FinetuneResult:
     from feat.finetune.device import select_accelerator
-    from feat.finetune.parity import as_cached, check_parity
+    from feat.finetune.parity import as_cached, check_parity, tolerance_for
     from feat.finetune.train import class_weights, fit, new_loop
 
-    cfg = spec.config
+    from feat.finetune.distributed import World
+
+    cfg, world = spec.config, world or World()
     saved = load_run(source)
     if saved.kind == FINETUNE:
         raise InputError(f"{source} is a fine-tuned run; fine-tune the fuse run it came from "
@@ -137,7 +149,7 @@ def finetune_one(spec: FinetuneSpec, source: Path, out: Path) -> FinetuneResult:
     built = _assemble(spec, saved, accel)
     identity = {"source_run": str(source.resolve()), "finetune": asdict(cfg), "features": saved.features,
                 "live": list(built.modules)}
-    eval_batch = max(cfg.batch_size, 32)
+    eval_batch = accel.eval_batch(cfg.batch_size)
     resumed = None
     if spec.resume:
         resumed = ckpt.load(out)
@@ -150,30 +162,36 @@ def finetune_one(spec: FinetuneSpec, source: Path, out: Path) -> FinetuneResult:
         loop = resumed.loop
         console.print(f"resuming {out} at epoch {loop['epoch']}, batch {loop['batch']} (step {loop['step']})")
     else:
-        compute = sorted({saved.base_fingerprint(f)["compute_dtype"] for f in built.modules})
-        with as_cached(built.model, accel.device_type, compute[0], train_cfg.precision):
-            initial, parity = check_parity(built.model, built.rows, saved, metric, cfg.parity_tolerance, eval_batch,
+        with as_cached(built.model, train_cfg.precision):
+            initial, parity = check_parity(built.model, built.rows, saved, metric,
+                                           tolerance_for(built.model, cfg.parity_tolerance), eval_batch,
                                            built.transforms, spec.num_workers, accel.pin_memory)
         loop = new_loop(initial, parity, metric)
         loop["calmed_columns"] = built.model.calm_constant_columns()
         if loop["calmed_columns"]:
             console.print(f"constant columns (float noise) scaled by 1 instead of their std from here on: "
                           f"{loop['calmed_columns']}")
-        out.mkdir(parents=True, exist_ok=True)
-        (out / art.METRICS).unlink(missing_ok=True)  # the folder is incomplete until metrics.json is back
+        if world.main:
+            out.mkdir(parents=True, exist_ok=True)
+            (out / art.METRICS).unlink(missing_ok=True)  # the folder is incomplete until metrics.json is back
         console.print(f"parity: dev {metric} {_fmt(initial[metric])} before any step = run's "
-                      f"{_fmt(parity['run_dev'])} (max |Δp| {parity['max_probability_difference']:.2e})")
+                      f"{_fmt(parity['run_dev'])} (max |Δp| {parity['max_probability_difference']:.2e}, "
+                      f"tolerance {parity['tolerance']:.2g})")
 
     result = fit(built.model, built.rows, cfg, accel, metric, class_weights(built.rows, train_cfg.class_weights),
-                 built.transforms, spec.num_workers, out, identity, loop, resumed)
-    metrics = _write_outputs(spec, saved, built, accel, loop, result, out)
-    ckpt.remove(out)
-    return FinetuneResult(out, source, metrics, metric)
+                 built.transforms, spec.num_workers, out, identity, loop, resumed, world)
+    metrics = None
+    if world.main:
+        metrics = _write_outputs(spec, saved, built, accel, loop, result, out)
+        ckpt.remove(out)
+    return FinetuneResult(out, source, world.broadcast(metrics), metric)
 
 
 def _assemble(spec: FinetuneSpec, saved, accel) -> _Assembled:
-    """The run's encoders (checked against its fingerprints, loaded in float32: autocast, not the weights,
-    lowers the precision) in front of its head, with --freeze / --unfreeze-last / --grad-checkpointing."""
+    """The run's encoders (checked against its fingerprints) in front of its head, with --freeze /
+    --unfreeze-last / --grad-checkpointing. Each encoder is loaded in its cache's compute dtype, as extraction
+    loaded it: a bfloat16 cache comes from bfloat16 weights and bfloat16 arithmetic, which neither float32
+    weights nor autocast reproduce (MiniLM: 1.1% off, parity fails); float32 encoders train under --amp."""
     from feat.extract.base import FittedEncoder, Runtime
     from feat.finetune.data import batches, load_rows, ordered_chunks
     from feat.finetune.model import FinetuneModel, enable_grad_checkpointing, train_last_blocks
@@ -188,8 +206,8 @@ def _assemble(spec: FinetuneSpec, saved, accel) -> _Assembled:
         raise InputError(f"nothing to fine-tune in {saved.path}: its inputs ({', '.join(encoders)}) are fitted "
                          "(TF-IDF) or frozen by --freeze / --unfreeze-last 0; `feat fuse` trains a head alone")
     rows = load_rows(saved, Path(spec.cache or saved.cache), spec.data, live, spec.image_root)
-    for encoder in live.values():
-        encoder.load(Runtime(device=accel.device, dtype="float32"))
+    for feature, encoder in live.items():
+        encoder.load(Runtime(device=accel.device, dtype=saved.base_fingerprint(feature)["compute_dtype"]))
     modules = {f: e.trainable_module().requires_grad_(True) for f, e in live.items()}
     store_dtypes = {f: saved.base_fingerprint(f)["store_dtype"] for f in live}
     model = FinetuneModel(saved.features, modules, saved.head().requires_grad_(True), rows, saved.stats(),
@@ -216,7 +234,7 @@ def _write_outputs(spec: FinetuneSpec, saved, built: _Assembled, accel, loop: di
     splits = {}
     for split in ("dev", "test"):
         positions = rows.positions(split)
-        logits = evaluate(built.model, rows, positions, max(spec.config.batch_size, 32), built.transforms,
+        logits = evaluate(built.model, rows, positions, accel.eval_batch(spec.config.batch_size), built.transforms,
                           spec.num_workers, accel.pin_memory)
         splits[split] = (positions, *split_metrics(logits, rows.y[positions]))
     tensors, fingerprints = _weights_and_fingerprints(saved, built.model, built.modules)
@@ -229,7 +247,8 @@ def _write_outputs(spec: FinetuneSpec, saved, built: _Assembled, accel, loop: di
               "fixed": [f for f in saved.features if f not in live], "fingerprints": fingerprints,
               "base_fingerprints": saved.config["fingerprints"], "items_digest": saved.config["items_digest"],
               "data": rows.report, "trainable": built.trainable, "device": accel.device,
-              "amp": accel.amp_dtype or "float32", "num_workers": spec.num_workers}
+              "amp": accel.amp_dtype or "float32", "precision": precision_report(built.model, accel),
+              "num_workers": spec.num_workers}
     art.write_json(out / art.CONFIG, config)
     art.save_model(out / art.MODEL, tensors, {"format": "pt"})
     history = pd.DataFrame(result.history)
@@ -251,6 +270,18 @@ def _write_outputs(spec: FinetuneSpec, saved, built: _Assembled, accel, loop: di
                "source_run": str(saved.path.resolve()), "seed": spec.config.seed}
     art.write_json(out / art.METRICS, metrics)
     return metrics
+
+
+def precision_report(model, accel) -> dict[str, str]:
+    """How each live encoder computed: its own low-precision weights, or float32 (under autocast or not)."""
+    report = {}
+    for feature, module in zip(model.live, model.encoders):
+        dtype = next(p.dtype for p in module.parameters() if p.is_floating_point())
+        if model.native[feature]:
+            report[feature] = f"{str(dtype).removeprefix('torch.')} weights, float32 master copy"
+        else:
+            report[feature] = f"float32 weights, {accel.amp_dtype} autocast" if accel.amp_dtype else "float32"
+    return report
 
 
 def _weights_and_fingerprints(saved, model, modules: dict) -> tuple[dict, dict]:

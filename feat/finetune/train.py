@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -25,6 +26,7 @@ from feat.finetune import checkpoint as ckpt
 from feat.finetune.config import FinetuneConfig
 from feat.finetune.data import RowSet, batches, epoch_chunks
 from feat.finetune.device import Accelerator
+from feat.finetune.distributed import World
 from feat.finetune.parity import evaluate
 from feat.fuse.metrics import score
 
@@ -49,7 +51,7 @@ def new_loop(initial_dev: dict, parity: dict, metric: str) -> dict:
 
 def fit(model, rows: RowSet, cfg: FinetuneConfig, accel: Accelerator, metric: str, class_weight: torch.Tensor | None,
         transforms: dict, num_workers: int, out: Path, identity: dict, loop: dict,
-        resumed: ckpt.Checkpoint | None = None) -> TrainResult:
+        resumed: ckpt.Checkpoint | None = None, world: World = World()) -> TrainResult:
     encoder_params, head_params = model.encoder_groups()
     # Both groups always, in this order: a checkpoint's optimizer state is indexed by position.
     # fused: one kernel for all tensors; the per-tensor loop took 14% of a CPU step for MiniLM + EfficientNet.
@@ -63,8 +65,13 @@ def fit(model, rows: RowSet, cfg: FinetuneConfig, accel: Accelerator, metric: st
     # transformers' get_linear_schedule_with_warmup, the reference's schedule.
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: s / max(1, warm) if s < warm else
                                                   max(0.0, (total - s) / max(1, total - warm)))
-    scaler = accel.grad_scaler()
-    criterion = nn.CrossEntropyLoss(weight=class_weight.to(accel.device) if class_weight is not None else None)
+    # float16 weights (a float16 cache) need loss scaling as float16 autocast does.
+    scaler = accel.grad_scaler(model.has_float16())
+    # Summed, then divided by the global batch's weight: with several processes, each holding a share of the
+    # batch, the summed gradients are those of the whole batch (a mean per share would weight shares equally).
+    criterion = nn.CrossEntropyLoss(weight=class_weight.to(accel.device) if class_weight is not None else None,
+                                    reduction="sum")
+    row_weight = class_weight.numpy()[rows.y] if class_weight is not None else np.ones(len(rows.y))
     params = encoder_params + head_params
     best_state = None
     if resumed is not None:
@@ -73,17 +80,28 @@ def fit(model, rows: RowSet, cfg: FinetuneConfig, accel: Accelerator, metric: st
         scheduler.load_state_dict(resumed.scheduler)
         if resumed.scaler:
             scaler.load_state_dict(resumed.scaler)
-        ckpt.set_rng_state(resumed.rng)
+        ckpt.set_rng_state(ckpt.rank_rng(resumed.rng, world.rank), accel.device)
         best_state = resumed.best
     else:
-        torch.manual_seed(cfg.seed)
+        torch.manual_seed(cfg.seed + world.rank)  # each process its own dropout masks
     model.autocast = accel.autocast
     y = torch.from_numpy(rows.y)
     best_changed = False
 
+    # The running loss stays on the device: `loss.item()` at every step would wait for the GPU each time.
+    running = torch.zeros((), dtype=torch.float64, device=accel.device)
+
+    def sync_loss() -> None:
+        loop["loss_sum"] += float(world.sum(running))
+        running.zero_()
+
     def save_checkpoint() -> None:
-        ckpt.save(out, ckpt.Checkpoint(identity, loop, model.trainable_state(), best_state, optimizer.state_dict(),
-                                       scheduler.state_dict(), scaler.state_dict(), ckpt.rng_state()), best_changed)
+        sync_loss()
+        rng = ckpt.merge_rank_rng(world.gather(ckpt.rng_state(accel.device)))
+        if world.main:
+            ckpt.save(out, ckpt.Checkpoint(identity, loop, model.trainable_state(), best_state,
+                                           optimizer.state_dict(), scheduler.state_dict(), scaler.state_dict(), rng),
+                      best_changed)
 
     while not loop["done"] and loop["epoch"] <= cfg.epochs:
         epoch = loop["epoch"]
@@ -93,21 +111,28 @@ def fit(model, rows: RowSet, cfg: FinetuneConfig, accel: Accelerator, metric: st
         started = time.perf_counter()
         with progress_bar(f"epoch {epoch}", len(chunks), unit="batches") as advance:
             advance(loop["batch"])
-            todo = batches(rows, chunks[loop["batch"]:], transforms, num_workers, accel.pin_memory)
-            for b, batch in enumerate(todo, start=loop["batch"]):
+            shares = [world.share(chunk) for chunk in chunks[loop["batch"]:]]
+            todo = batches(rows, [s for s in shares if len(s)], transforms, num_workers, accel.pin_memory)
+            for b, share in enumerate(shares, start=loop["batch"]):
                 group_end = min(b - b % cfg.grad_accum + cfg.grad_accum, len(chunks))
                 group_size = group_end - (b - b % cfg.grad_accum)
-                loss = criterion(model(batch).float(), y[batch.positions].to(accel.device))
-                scaler.scale(loss / group_size).backward()
-                loop["loss_sum"] += loss.item() * len(batch.positions)
-                loop["seen"] += len(batch.positions)
+                if len(share):  # the last batch of an epoch may leave a process without rows
+                    batch = next(todo)
+                    loss = criterion(model(batch).float(), y[batch.positions].to(accel.device))
+                    loss = loss / float(row_weight[chunks[b]].sum())
+                    scaler.scale(loss / group_size).backward()
+                    model.collect_master_grads()
+                    running.add_(loss.detach() * len(chunks[b]))
+                loop["seen"] += len(chunks[b])
                 advance(1)
                 if b + 1 < group_end:
                     continue
+                world.sum_gradients(params)
                 scaler.unscale_(optimizer)
                 torch.nn.utils.clip_grad_norm_(params, cfg.clip)
                 scaler.step(optimizer)
                 scaler.update()
+                model.copy_masters()
                 optimizer.zero_grad(set_to_none=True)
                 scheduler.step()
                 loop["step"] += 1
@@ -120,9 +145,11 @@ def fit(model, rows: RowSet, cfg: FinetuneConfig, accel: Accelerator, metric: st
                 if cfg.checkpoint_every and loop["step"] % cfg.checkpoint_every == 0 and b + 1 < len(chunks):
                     save_checkpoint()
 
+        sync_loss()
         from feat.fuse.train import split_metrics
 
-        logits = evaluate(model, rows, dev_rows, max(cfg.batch_size, 32), transforms, num_workers, accel.pin_memory)
+        logits = evaluate(model, rows, dev_rows, accel.eval_batch(cfg.batch_size), transforms, num_workers,
+                          accel.pin_memory)
         dev = split_metrics(logits, rows.y[dev_rows])[0]
         lrs = scheduler.get_last_lr()
         loop["history"].append({"epoch": epoch, "step": loop["step"],
