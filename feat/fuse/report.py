@@ -204,7 +204,7 @@ def _save(plt, fig, path: Path) -> None:
 def _bars(plt, path, table, metric, name, about, n_test, classes) -> None:
     mean = table[f"test_{metric}_mean"].to_numpy()
     err = np.vstack([mean - table["test_ci_low"].to_numpy(), table["test_ci_high"].to_numpy() - mean])
-    fig, ax = plt.subplots(figsize=(8, 0.38 * len(table) + 1.8), dpi=150)
+    fig, ax = plt.subplots(figsize=(9.5, 0.38 * len(table) + 1.8), dpi=150)
     ax.barh(np.arange(len(table)), mean, xerr=np.maximum(err, 0), capsize=3,
             color=[COLOURS.get(g, "tab:grey") for g in table["group"]])
     ax.set_yticks(np.arange(len(table)), [f"{f} / {s}" for f, s in zip(table["features"], table["strategy"])],
@@ -218,9 +218,9 @@ def _bars(plt, path, table, metric, name, about, n_test, classes) -> None:
     for group, colour in COLOURS.items():
         if (table["group"] == group).any():
             ax.barh([np.nan], [np.nan], color=colour, label=group)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the bars, never over them
     ax.set_xlabel(f"test {name} (n = {n_test}), mean over seeds, 95% bootstrap CI", fontsize=9)
-    ax.set_title(f"{about}: configurations ranked by validation {metric} (top first)", fontsize=10)
+    ax.set_title(f"{about}: configurations ranked by validation {name} (top first)", fontsize=10)
     fig.tight_layout()
     _save(plt, fig, path)
 
