@@ -237,8 +237,9 @@ def _heatmap(plt, path, table, metric, name, about, classes) -> None:
     ax.set_xlabel("feature set (inputs joined by +)", fontsize=9)
     ax.set_ylabel("strategy (single: the unimodal baseline)", fontsize=9)
     for (i, j), v in np.ndenumerate(values):
+        bright = np.isfinite(v) and image.norm(v) > 0.6  # viridis turns yellow: dark text stays readable
         ax.text(j, i, "n/a" if not np.isfinite(v) else f"{v:.3f}", ha="center", va="center", fontsize=7,
-                color="grey" if not np.isfinite(v) else "white")
+                color="grey" if not np.isfinite(v) else ("black" if bright else "white"))
     fig.colorbar(image, ax=ax, label=f"validation {name}, mean over runs")
     ax.set_title(f"{about}: selection score of each strategy x feature set\n(n/a: that strategy does not take that "
                  "many inputs)", fontsize=10)
