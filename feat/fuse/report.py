@@ -180,7 +180,7 @@ def _plots(evaluation: Evaluation, table: pd.DataFrame) -> None:
 
     out, metric, classes = Path(evaluation.spec.out), evaluation.metric, evaluation.data.classes
     name = metric_label(metric, classes)
-    about = f"label '{evaluation.spec.label}'"
+    about = f"{_dataset(evaluation.spec.cache)}, label '{evaluation.spec.label}'"
     _bars(plt, out / PLOTS[0], table, metric, name, about, len(evaluation.y_test), classes)
     _heatmap(plt, out / PLOTS[1], table, metric, name, about, classes)
     _weights(plt, out / PLOTS[2], evaluation.results, about)
@@ -189,6 +189,14 @@ def _plots(evaluation: Evaluation, table: pd.DataFrame) -> None:
                           f"{about}: drop of test {name} when one input is permuted or missing")
         robustness_figure(evaluation.robustness, out / PLOTS[4],
                           f"{about}: test {name} as test rows lose one input", _chance(metric, classes))
+
+
+def _dataset(cache: Path) -> str:
+    """The table the cache was extracted from, as `folder/file` (the cache folder when it does not say)."""
+    from feat.cache import FeatureCache
+
+    source = FeatureCache(cache).items_attrs().get("source")
+    return "/".join(Path(source).parts[-2:]) if source else Path(cache).name
 
 
 def _chance(metric: str, classes: list[str]) -> float | None:
