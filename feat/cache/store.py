@@ -37,6 +37,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import socket
 import time
 from dataclasses import dataclass, field
@@ -51,7 +52,7 @@ from filelock import FileLock, Timeout
 
 from feat import __version__
 from feat.cache.shard import Shard
-from feat.errors import FeatError, InputError
+from feat.errors import FeatError, InputError, StorageError
 
 SCHEMA = 1
 ITEMS_FILE = "items.h5"
@@ -546,8 +547,8 @@ class FeatureCache:
             table.to_csv(tmp, index=False)
             os.replace(tmp, self.root / BAD_ROWS_FILE)
         except OSError as exc:
-            tmp.unlink(missing_ok=True)
-            raise FeatError(f"could not write {self.root / BAD_ROWS_FILE}: {exc.strerror or exc}") from exc
+            _discard(tmp)
+            raise StorageError.of(self.root / BAD_ROWS_FILE, exc, "another --cache") from exc
         return table
 
 
@@ -570,8 +571,8 @@ def _waited(timeout: float) -> str:
     return f" (waited {timeout:g} s)" if timeout else " (use --wait SECONDS to wait for it)"
 
 
-def _unwritable(root: Path, exc: OSError) -> FeatError:
-    return FeatError(f"cannot write to cache {root}: {exc.strerror or exc} (a read-only folder? use another --cache)")
+def _unwritable(root: Path, exc: OSError) -> StorageError:
+    return StorageError.of(root, exc, "another --cache")
 
 
 @contextlib.contextmanager
@@ -607,21 +608,68 @@ def _shared_file_lock(path: Path, timeout: float, root: Path) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _atomic_h5(path: Path) -> Iterator[h5py.File]:
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{_writer_id()}")
     try:
-        with h5py.File(tmp, "w", track_order=True) as f:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        f = _create_h5(tmp)
+        try:
             yield f
+            _flush(f)  # a full disk fails here, while every object is still open, rather than in a close
+        except BaseException:
+            _abandon(f, tmp)
+            raise
+        f.close()
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise FeatError(f"could not write {path}: {exc.strerror or exc}") from exc
+        _discard(tmp)
+        raise StorageError.of(path, exc, "another --cache") from exc
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        _discard(tmp)
         raise
+
+
+def _create_h5(path: Path) -> h5py.File:
+    """A new file whose every close is safe on a full disk. HDF5 2.0 frees a dataset whose close fails to
+    flush (ENOSPC) yet leaves its id registered: h5py's File.close then closes it again and segfaults
+    (`feat extract` on a 1.6 MB tmpfs died with exit 139). A dataset close flushes only the sieve buffer,
+    HDF5's write-behind cache of small raw writes; without it each write reaches the disk in the call that
+    makes it, where ENOSPC is an exception like any other."""
+    fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
+    fapl.set_libver_bounds(h5py.h5f.LIBVER_EARLIEST, h5py.h5f.LIBVER_LATEST)  # h5py's default
+    fapl.set_sieve_buf_size(0)
+    fcpl = h5py.h5p.create(h5py.h5p.FILE_CREATE)
+    order = h5py.h5p.CRT_ORDER_TRACKED | h5py.h5p.CRT_ORDER_INDEXED  # h5py.File(track_order=True)
+    fcpl.set_link_creation_order(order)
+    fcpl.set_attr_creation_order(order)
+    fcpl.set_obj_track_times(False)
+    return h5py.File(h5py.h5f.create(os.fsencode(path), h5py.h5f.ACC_TRUNC, fapl=fapl, fcpl=fcpl))
+
+
+def _flush(f: h5py.File) -> None:
+    try:
+        f.flush()
+    except RuntimeError as exc:  # h5py raises a failed flush as RuntimeError, the errno only in HDF5's text
+        code = re.search(r"errno = (\d+)", str(exc))
+        if code is None:
+            raise
+        raise OSError(int(code[1]), os.strerror(int(code[1]))) from exc
+
+
+def _abandon(f: h5py.File, tmp: Path) -> None:
+    """Close a file whose writing failed. Its dirty metadata cannot reach a full disk, and HDF5 retries that
+    flush in every close, so the temporary (deleted next anyway) is first emptied to free its blocks."""
+    with contextlib.suppress(OSError):
+        os.truncate(tmp, 0)
+    with contextlib.suppress(Exception):
+        f.close()
+
+
+def _discard(tmp: Path) -> None:
+    with contextlib.suppress(OSError):  # on a read-only folder even a missing file's unlink can fail
+        tmp.unlink(missing_ok=True)
 
 
 def _fsync_dir(folder: Path) -> None:
