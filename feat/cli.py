@@ -20,10 +20,16 @@ def _friendly_errors(command):
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
-        from feat.errors import FeatError
+        from feat.errors import FeatError, StorageError
 
         try:
-            return command(*args, **kwargs)
+            try:
+                return command(*args, **kwargs)
+            except OSError as exc:  # a folder feat creates on a full or read-only disk (mkdir, open)
+                error = StorageError.of(exc.filename or "a file", exc)
+                if error is None:
+                    raise
+                raise error from exc
         except FeatError as exc:
             from rich.markup import escape
 

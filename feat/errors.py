@@ -18,16 +18,37 @@ class StorageError(InputError):
     written is dropped; what was committed before stays, and a run with space resumes from it."""
 
     @classmethod
-    def of(cls, path, exc: OSError, elsewhere: str = "another folder") -> "StorageError":
+    def of(cls, path, exc: BaseException, elsewhere: str = "another folder") -> "StorageError | None":
+        """The error for a failed write of `path`, or None when `exc` is no refusal by the disk."""
         import errno
         import os
 
-        # HDF5's own text spans lines and names the temporary file: the errno says it in a few words.
-        reason = os.strerror(exc.errno) if exc.errno else (str(exc).splitlines() or ["unknown error"])[0]
-        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        code = os_errno(exc)
+        if code not in DISK_REFUSALS:
+            return None
+        if code in (errno.ENOSPC, errno.EDQUOT):
             hint = "free some space and run again: what was committed is kept"
-        elif exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM):
-            hint = f"a read-only folder? use {elsewhere}"
         else:
-            hint = ""
-        return cls(f"could not write {path}: {reason}" + (f" ({hint})" if hint else ""))
+            hint = f"a read-only folder? use {elsewhere}"
+        # HDF5's own text spans lines and names the temporary file: the errno says it in a few words.
+        return cls(f"could not write {path}: {os.strerror(code)} ({hint})")
+
+
+def os_errno(exc: BaseException) -> int | None:
+    """The errno of an OSError, or the one a library quotes in its text: h5py raises a failed flush as
+    RuntimeError ("errno = 28"), safetensors as SafetensorError ("os error 28")."""
+    import re
+
+    if isinstance(exc, OSError) and exc.errno:
+        return exc.errno
+    found = re.search(r"(?:errno =|os error) (\d+)", str(exc))
+    return int(found[1]) if found else None
+
+
+def _refusals() -> frozenset[int]:
+    import errno
+
+    return frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
+
+
+DISK_REFUSALS = _refusals()

@@ -28,7 +28,7 @@ TESTS_DIR = Path(__file__).resolve().parent
 REPO = TESTS_DIR.parent
 MVSA = REPO.parent / "shared" / "data" / "mvsa_single" / "data.csv"
 TEST_ENCODERS = {"probe-text": "helpers:ProbeTextEncoder", "tiny-image": "helpers:TinyImageEncoder",
-                 "probe-joint": "helpers:ProbeJointEncoder"}
+                 "probe-joint": "helpers:ProbeJointEncoder", "probe-wide": "helpers:WideProbeTextEncoder"}
 
 
 # ----- CLI -------------------------------------------------------------------------------------------
@@ -177,6 +177,15 @@ class ProbeTextEncoder(TextEncoder):
         return out
 
 
+class WideProbeTextEncoder(ProbeTextEncoder):
+    """ProbeTextEncoder's vectors repeated to MiniLM's 384 dimensions: cache files of a realistic size."""
+
+    name = "probe-wide"
+
+    def encode_texts(self, texts: list[str]) -> np.ndarray:
+        return np.tile(super().encode_texts(texts), 48)
+
+
 class TinyTransform:
     """Picklable PIL -> (3, 4, 4) tensor in [0, 1]."""
 
@@ -274,11 +283,54 @@ def wait_for(condition, timeout: float, process: subprocess.Popen | None = None)
     return False
 
 
+def _kill_in_checkpoint_save(stage: str, n: int) -> None:
+    """SIGKILL inside the n-th fine-tuning `checkpoint.save`: `state` with its tensors file half-written,
+    `index` with the new tensors written but checkpoint.json not yet, `cleanup` with checkpoint.json
+    replaced but the previous checkpoint's files not yet removed."""
+    import signal
+
+    from feat.finetune import checkpoint
+    from feat.fuse import artifacts
+
+    real_save, calls = checkpoint.save, {"count": 0}
+
+    def die() -> None:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    def save(*args, **kwargs):
+        calls["count"] += 1
+        if calls["count"] == n:
+            if stage == "state":
+                real_write = artifacts.atomic_write
+
+                def half_write(path, write):
+                    if not path.name.startswith("state-"):
+                        return real_write(path, write)
+                    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+                    write(tmp)
+                    os.truncate(tmp, tmp.stat().st_size // 2)
+                    die()
+
+                artifacts.atomic_write = half_write
+            elif stage == "index":
+                real_json = artifacts.write_json
+                artifacts.write_json = lambda path, obj: die() if path.name == "checkpoint.json" else real_json(path, obj)
+            elif stage == "cleanup":
+                real_unlink = Path.unlink
+                Path.unlink = lambda self, *a, **k: die() if self.suffix == ".safetensors" else real_unlink(self, *a, **k)
+            else:
+                raise SystemExit(f"unknown checkpoint kill stage {stage}")
+        return real_save(*args, **kwargs)
+
+    checkpoint.save = save
+
+
 def main() -> None:
     """`python -c 'import helpers; helpers.main()' extract ...`: the feat CLI with the test encoders
     registered. FEAT_TEST_KILL_IN=<function>:<n> SIGKILLs this process inside the n-th call (1-based) of a
     cache function, after it has started writing: `write_rows` (a part or the final file half-written) or
-    `unlink_parts` (the final file in place, parts not yet all removed)."""
+    `unlink_parts` (the final file in place, parts not yet all removed); `checkpoint_<stage>` inside the
+    n-th fine-tuning checkpoint save (see `_kill_in_checkpoint_save`)."""
     import signal
 
     from feat.cache import store
@@ -313,6 +365,8 @@ def main() -> None:
                 return original_unlink(self, *args, **kwargs)
 
             Path.unlink = unlink
+        elif where.startswith("checkpoint_"):
+            _kill_in_checkpoint_save(where[len("checkpoint_"):], int(n))
         else:
             raise SystemExit(f"unknown FEAT_TEST_KILL_IN {kill}")
     from feat.cli import app

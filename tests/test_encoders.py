@@ -213,6 +213,99 @@ def test_a_changed_tokenizer_changes_the_fingerprint(tmp_path, tiny_model, name,
     assert before["weights"] == after["weights"] and before["preprocessing"] != after["preprocessing"]
 
 
+class _RunsCodeWhenUnpickled:
+    """Unpickling this calls open(marker, "w"): the file appears only if the weights file was unpickled."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return open, (self.marker, "w")
+
+
+def test_effnet_weights_are_loaded_without_unpickling_code_and_incomplete_ones_refused(tmp_path, monkeypatch):
+    import torch
+
+    from feat.extract.effnet import packaged_weights_path
+
+    real_load, calls = torch.load, []
+
+    def spy(*args, **kwargs):
+        calls.append(kwargs.get("weights_only"))
+        return real_load(*args, **kwargs)
+
+    monkeypatch.setattr(torch, "load", spy)
+    create_encoder("effnet", EncoderOptions()).load(Runtime())
+    assert calls == [True]
+
+    marker = tmp_path / "code-ran"
+    torch.save({"_fc.weight": _RunsCodeWhenUnpickled(marker)}, tmp_path / "evil.pth")
+    with pytest.raises(Exception, match="(?i)weights.only|unpickl|global"):
+        create_encoder("effnet", EncoderOptions(model=str(tmp_path / "evil.pth"))).load(Runtime())
+    assert not marker.exists(), "the weights file ran code"
+
+    state = real_load(packaged_weights_path(), map_location="cpu", weights_only=True)
+    dropped = sorted(state)[len(state) // 2]
+    del state[dropped]
+    torch.save(state, tmp_path / "incomplete.pth")
+    with pytest.raises(FeatError, match=f"1 EfficientNet-Lite0 weights missing \\({re.escape(dropped)}\\); refusing"):
+        create_encoder("effnet", EncoderOptions(model=str(tmp_path / "incomplete.pth"))).load(Runtime())
+
+
+def test_extract_refuses_a_cache_of_another_model_or_compute_dtype(tmp_path, tiny_model):
+    """--model names another folder (the same weights: the model is part of the identity), or --dtype
+    computes in another precision: refused on the warm cache with the change named, nothing rewritten."""
+    first, second = tmp_path / "bert", tmp_path / "bert-copy"
+    shutil.copytree(tiny_model("bert"), first)
+    shutil.copytree(tiny_model("bert"), second)
+    data = text_table(tmp_path / "d.csv", 6)
+    cache = tmp_path / "c"
+    cli("extract", data, "-e", "hf-text", "--model", first, "-c", cache, "--dtype", "float32")
+    before = (cache / "features" / "hf-text.h5").read_bytes()
+    refused = " ".join(cli("extract", data, "-e", "hf-text", "--model", second, "-c", cache, "--dtype", "float32",
+                           expect=2).output.split())
+    assert f"model: '{first}' -> '{second}'" in refused, refused
+    refused = " ".join(cli("extract", data, "-e", "hf-text", "--model", first, "-c", cache, "--dtype", "bfloat16",
+                           expect=2).output.split())
+    assert "compute_dtype: 'float32' -> 'bfloat16'" in refused, refused
+    assert (cache / "features" / "hf-text.h5").read_bytes() == before
+
+
+def test_extract_refuses_a_cache_of_another_tokenizer_or_other_weights(tmp_path, tiny_model):
+    """The same folder with another vocabulary, then with other weights: each refused on the warm cache
+    (exit 2, naming what changed), and --force re-encodes into other vectors."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    folder = tmp_path / "bert"
+    shutil.copytree(tiny_model("bert"), folder)
+    data = text_table(tmp_path / "d.csv", 6)
+    cache = tmp_path / "c"
+    args = ["extract", data, "-e", "hf-text", "--model", folder, "-c", cache]
+    cli(*args)
+    before = FeatureCache(cache).read("hf-text").rows.matrix
+
+    vocabulary = json.loads((folder / "tokenizer.json").read_text())
+    tokens = vocabulary["model"]["vocab"]
+    first, second = sorted(t for t in tokens if t.isalpha() and len(t) > 3)[:2]
+    tokens[first], tokens[second] = tokens[second], tokens[first]  # two words swap their embeddings
+    (folder / "tokenizer.json").write_text(json.dumps(vocabulary))
+    refused = " ".join(cli(*args, expect=2).output.split())
+    assert "preprocessing: " in refused and "weights:" not in refused and "--force" in refused, refused
+    assert np.array_equal(FeatureCache(cache).read("hf-text").rows.matrix, before), "nothing was rewritten"
+    cli(*args, "--force")
+    retokenized = FeatureCache(cache).read("hf-text").rows.matrix
+
+    weights = load_file(folder / "model.safetensors")
+    key = next(k for k in weights if k.endswith("word_embeddings.weight"))
+    weights[key] = weights[key] + torch.full_like(weights[key], 0.5)
+    save_file(weights, folder / "model.safetensors", {"format": "pt"})
+    refused = " ".join(cli(*args, expect=2).output.split())
+    assert "weights: 'sha256:" in refused and "preprocessing:" not in refused, refused
+    cli(*args, "--force")
+    assert not np.allclose(FeatureCache(cache).read("hf-text").rows.matrix, retokenized)
+
+
 @pytest.mark.parametrize("name", ["hf-vision", "blip", "align", "clip-image", "blip-itm", "flava", "vilt"])
 def test_image_transform_survives_pickling_into_workers(tiny_model, synthetic_csv, name):
     """--num-workers sends the transform to DataLoader processes by pickle."""
@@ -405,16 +498,27 @@ def test_checkpoint_with_a_deleted_tensor_is_refused(tmp_path, tiny_model, encod
 
 @pytest.mark.parametrize("name", ["deberta", "blip", "clip-text", "vilt"])
 def test_offline_hub_id_fails_fast_with_the_reason(monkeypatch, name):
-    """Offline, huggingface_hub retries each file with back-off for ~100 s; feat asks the local cache only."""
-    import time
+    """Offline, huggingface_hub retries each file with back-off for ~100 s; feat asks the local cache only:
+    no connection is even attempted."""
+    import socket
 
     from feat.extract import hf
 
+    attempts = []
+
+    def no_network(*args, **kwargs):
+        attempts.append(args)
+        raise OSError("the test forbids network connections")
+
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
     monkeypatch.setattr(hf, "hub_reachable", lambda: False)
-    started = time.perf_counter()
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", constants.HF_HUB_OFFLINE)  # restored after the test
     with pytest.raises(FeatError, match="not in the local Hugging Face cache, and the hub is unreachable"):
         loaded_encoder(name, "feat-tests/no-such-model")
-    assert time.perf_counter() - started < 30
+    assert not attempts, f"connections attempted: {attempts}"
 
 
 def test_missing_model_folder_is_one_clear_error(tmp_path):

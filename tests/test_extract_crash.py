@@ -82,24 +82,26 @@ def resume_in_process(monkeypatch, args: list, log: Path) -> str:
 def kill_and_resume(monkeypatch, data: Path, cache: Path, reference: Path, tmp: Path, kills: int, seed: int,
                     args: list, delay: float, window: float) -> None:
     """`kills` runs killed at random moments after they started encoding, then one run to the end."""
+    print(f"FEAT_TEST_SEED={seed} reproduces this kill schedule")  # pytest shows it when the test fails
     rng = random.Random(seed)
     name = "probe-text"
-    effective = 0
+    in_encoding = 0  # kills that landed after the run had encoded a batch
     for k in range(kills):
         log = tmp / f"log{k}"
         before = committed_ids(cache, name)
         process = spawn(["extract", data, "-e", name, "-c", cache, *args], log=log, delay=delay)
         # A random moment: some kills land before the first batch (imports, table, lock), most in encoding,
-        # some of them inside a commit.
-        if rng.random() < 0.2:
+        # some of them inside a commit. At least one lands in encoding, whatever the draws.
+        if rng.random() < 0.2 and (in_encoding or k < kills - 1):
             time.sleep(rng.uniform(0.0, 1.5))
         else:
-            wait_for(lambda: log.exists(), 60, process)
+            assert wait_for(lambda: log.exists(), 600, process), f"seed {seed}: run {k} never encoded a batch"
             time.sleep(rng.uniform(0.0, window))
         assert process.poll() is None, f"seed {seed}: run {k} finished before its kill; make the data bigger"
+        in_encoding += log.exists()
         os.kill(process.pid, signal.SIGKILL)
         process.wait()
-        effective += 1
+        assert process.returncode == -signal.SIGKILL, f"seed {seed}: run {k} ended by itself"
         check_readable(cache)
         again = [item for item in logged_ids(log) if item in before]
         assert not again, f"seed {seed}: run {k} re-encoded committed rows {again[:5]}"
@@ -109,7 +111,7 @@ def kill_and_resume(monkeypatch, data: Path, cache: Path, reference: Path, tmp: 
     encoded, _, reused = summary(output, name)
     assert reused == len(before) and not set(logged_ids(log)) & before, f"seed {seed}"
     assert encoded == len(logged_ids(log))
-    assert effective == kills
+    assert in_encoding >= 1, f"seed {seed}: no kill landed while encoding"
     assert_same_cache(cache, reference, name)
 
 
@@ -165,11 +167,10 @@ def test_concurrent_extracts_and_a_reader(tmp_path, monkeypatch):
                   log=log, gate=gate)
     try:
         assert wait_for(lambda: log.exists(), 60, first)
-        started = time.monotonic()
         second = spawn(["extract", data, "-e", "probe-text", "-c", cache])
-        output, _ = second.communicate(timeout=60)
+        output, _ = second.communicate(timeout=600)
         assert second.returncode == 1 and "is in use by another feat process" in output, output
-        assert time.monotonic() - started < 30
+        assert first.poll() is None, "refused while the first run holds the cache (the gate is still shut)"
         new_ids = [f"r{i:05d}" for i in range(600)]
         seen = set()
 
@@ -199,6 +200,7 @@ def test_twenty_random_kills_with_minilm(tmp_path):
     cache, reference = tmp_path / "c", tmp_path / "reference"
     cli("extract", data, "-e", "minilm", "-c", reference, *args)
     seed = int(os.environ.get("FEAT_TEST_SEED", random.randrange(1 << 30)))
+    print(f"FEAT_TEST_SEED={seed} reproduces this kill schedule")  # pytest shows it when the test fails
     rng = random.Random(seed)
     parts = FeatureCache(cache).parts_dir("minilm")
     for k in range(20):

@@ -273,6 +273,37 @@ def test_resume_after_a_crash_gives_the_uninterrupted_result(tiny, tmp_path, mon
     assert not (tmp_path / "crashed" / "checkpoint").exists()
 
 
+@pytest.fixture(scope="module")
+def uninterrupted(tiny, tmp_path_factory):
+    out = tmp_path_factory.mktemp("uninterrupted") / "ft"
+    cli("finetune", tiny.run, "--data", tiny.data, "--epochs", "2", "--checkpoint-every", "2", *QUICK, "--out", out)
+    return out
+
+
+@pytest.mark.parametrize("stage, step", [("state", 2), ("index", 2), ("cleanup", 4)])
+def test_a_sigkill_inside_a_checkpoint_save_resumes_to_the_uninterrupted_result(tiny, uninterrupted, tmp_path,
+                                                                                stage, step):
+    """A real SIGKILL in the second save (step 4 of 10): with its tensors half-written, before its
+    checkpoint.json, or after it but before the first checkpoint's files are removed. The last complete
+    checkpoint is the one checkpoint.json names; the resumed run ends where the uninterrupted one did."""
+    import signal
+
+    from helpers import spawn
+
+    args = ["finetune", tiny.run, "--data", tiny.data, "--epochs", "2", "--checkpoint-every", "2", *QUICK]
+    killed = tmp_path / "killed"
+    process = spawn([*args, "--out", killed], kill_in=f"checkpoint_{stage}:2")
+    output, _ = process.communicate(timeout=900)
+    assert process.returncode == -signal.SIGKILL, f"exit {process.returncode}: {output}"
+    state = read(killed / "checkpoint" / "checkpoint.json")
+    assert state["loop"]["step"] == step
+    assert "resuming" in cli(*args, "--out", killed, "--resume").output
+    whole, again = (load_file(str(d / "model.safetensors")) for d in (uninterrupted, killed))
+    assert set(whole) == set(again) and all(torch.equal(whole[k], again[k]) for k in whole)
+    assert pd.read_csv(uninterrupted / "history.csv").equals(pd.read_csv(killed / "history.csv"))
+    assert not (killed / "checkpoint").exists() and not [p for p in killed.rglob("*") if ".tmp" in p.name]
+
+
 # ----- options -------------------------------------------------------------------------------------------------
 def test_gradient_accumulation_and_max_steps_count_optimizer_steps(tiny, tmp_path):
     out = tmp_path / "ft"
@@ -286,10 +317,28 @@ def test_gradient_accumulation_and_max_steps_count_optimizer_steps(tiny, tmp_pat
     assert metrics["steps"] == 2 and "--max-steps 2" in metrics["stopped"]
 
 
-def test_bf16_autocast_and_gradient_checkpointing_run_the_same_code_path_on_cpu(tiny, tmp_path):
-    out = tmp_path / "ft"
-    cli("finetune", tiny.run, "--data", tiny.data, "--out", out, "--amp", "bf16", "--grad-checkpointing",
-        "--max-steps", "2", *QUICK)
+def test_bf16_autocast_and_gradient_checkpointing_are_really_on_on_cpu(tiny, tmp_path):
+    """Every module's forward is watched: under --amp bf16 the linear layers compute in bfloat16, and with
+    --grad-checkpointing forwards run again inside the backward pass (activations recomputed, not kept)."""
+    bf16_layers, recomputed = set(), set()
+
+    def watch(module, inputs, output):
+        if isinstance(module, torch.nn.Linear) and torch.is_tensor(output) and output.dtype == torch.bfloat16:
+            bf16_layers.add(type(module).__name__)
+        if torch._C._current_graph_task_id() != -1:  # a forward called by autograd's backward
+            recomputed.add(type(module).__name__)
+
+    handle = torch.nn.modules.module.register_module_forward_hook(watch)
+    try:
+        out = tmp_path / "ft"
+        cli("finetune", tiny.run, "--data", tiny.data, "--out", out, "--amp", "bf16", "--grad-checkpointing",
+            "--max-steps", "2", *QUICK)
+        assert bf16_layers and recomputed, (bf16_layers, recomputed)
+        bf16_layers.clear(), recomputed.clear()
+        cli("finetune", tiny.run, "--data", tiny.data, "--out", tmp_path / "plain", "--max-steps", "1", *QUICK)
+        assert not bf16_layers and not recomputed, "the float32 run without checkpointing is the control"
+    finally:
+        handle.remove()
     metrics = read(out / "metrics.json")
     assert metrics["parity"]["max_probability_difference"] <= 1e-3, "parity runs in the cache's float32"
     assert read(out / "config.json")["amp"] == "bfloat16"

@@ -127,3 +127,30 @@ def test_ablate_uses_worker_processes_with_the_same_results(cache, tmp_path):
     assert result.exit_code == 0, result.output
     one, two = (pd.read_csv(tmp_path / d / "results.csv").drop(columns="seconds") for d in ("one", "two"))
     assert one.equals(two)
+
+
+def test_fuse_precision_bf16_trains_and_evaluates_with_bf16_matmuls(cache, tmp_path):
+    """--precision bf16 lets float32 matmuls run in bf16 (torch's "medium" matmul precision) while the head
+    trains and while evaluate recomputes it, and puts the setting back afterwards; fp32 is the control."""
+    import torch
+
+    seen = []
+    handle = torch.nn.modules.module.register_module_forward_hook(
+        lambda module, inputs, output: seen.append(torch.get_float32_matmul_precision()))
+    before = torch.get_float32_matmul_precision()
+    try:
+        for precision in ("bf16", "fp32"):
+            seen.clear()
+            out = tmp_path / precision
+            result = invoke("fuse", "--cache", cache, "--features", "a,b", "--strategy", "concat", "--label",
+                            "label", "--precision", precision, "--out", out, *SMALL)
+            assert result.exit_code == 0, result.output
+            assert json.loads((out / "config.json").read_text())["train"]["precision"] == precision
+            assert set(seen) == {"medium" if precision == "bf16" else "highest"}, set(seen)
+            seen.clear()
+            result = invoke("evaluate", out, "--split", "test")
+            assert result.exit_code == 0 and "identical" in result.output, result.output
+            assert set(seen) == {"medium" if precision == "bf16" else "highest"}, set(seen)
+            assert torch.get_float32_matmul_precision() == before
+    finally:
+        handle.remove()

@@ -191,3 +191,106 @@ def test_a_column_option_naming_no_column_is_refused(tiny, tmp_path):
     data, _ = unlabelled_copy(tiny, tmp_path / "new.csv")
     result = cli("predict", tiny.run, data, "--text-col", "caption", "--out", tmp_path / "p.csv", expect=2)
     assert "no column 'caption' (--text-col" in " ".join(result.output.split())
+
+
+# ----- "Nothing is unpickled", the strict check of fine-tuned weights, --no-standardize, TF-IDF + SVD -------------
+def _forbid_unpickling(monkeypatch) -> None:
+    import pickle
+
+    import torch
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("something was unpickled")
+
+    for module, name in [(pickle, "load"), (pickle, "loads"), (pickle, "Unpickler"), (torch, "load")]:
+        monkeypatch.setattr(module, name, refuse)
+
+
+def test_a_finetuned_run_predicts_with_nothing_unpickled(tiny, tuned, tmp_path, monkeypatch):
+    data, _ = unlabelled_copy(tiny, tmp_path / "new.csv")
+    _forbid_unpickling(monkeypatch)
+    result = cli("predict", tuned, data, "--out", tmp_path / "p.csv", "--image-root", tiny.data.parent,
+                 "--cache", tmp_path / "c")
+    assert "48 of 48 rows predicted" in " ".join(result.output.split())
+    assert "identical" in cli("evaluate", tiny.run, "--split", "test").output
+
+
+def test_finetuned_weights_that_do_not_fit_the_checkpoint_are_refused(tiny, tuned, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tuned, broken, ignore=shutil.ignore_patterns("predict-cache"))
+    tensors = load_file(broken / "model.safetensors")
+    dropped = next(k for k in tensors if k.startswith("encoders/deberta.") and k.endswith(".weight"))
+    del tensors[dropped]
+    save_file(tensors, broken / "model.safetensors", {"format": "pt"})
+    data, _ = unlabelled_copy(tiny, tmp_path / "new.csv")
+    result = cli("predict", broken, data, "--out", tmp_path / "p.csv", "--image-root", tiny.data.parent, expect=1)
+    message = " ".join(result.output.split())
+    assert "do not fit the checkpoint" in message and "missing" in message, message
+    assert not (tmp_path / "p.csv").exists()
+
+
+@pytest.fixture(scope="module")
+def unstandardized(tiny):
+    run = tiny.root / "raw"
+    cli("fuse", "--cache", tiny.cache, "--features", "deberta,align", "--strategy", "concat", "--label", "label",
+        "--no-standardize", "--out", run, "--epochs", "3", "--batch-size", "8", "--common-dim", "16", "--lr", "3e-3")
+    return run
+
+
+def test_no_standardize_is_kept_by_evaluate_predict_and_finetune(tiny, unstandardized, tmp_path):
+    """A run trained on raw features: evaluate and predict feed it raw features (standardising them would
+    change its probabilities), and finetune's step-0 parity holds."""
+    run = unstandardized
+    assert json.loads((run / "config.json").read_text())["train"]["standardize"] is False
+    for split in ("dev", "test"):
+        assert "identical" in cli("evaluate", run, "--split", split).output
+    data, _ = unlabelled_copy(tiny, tmp_path / "new.csv")
+    cli("predict", run, data, "--out", tmp_path / "p.csv", "--image-root", tiny.data.parent, "--cache",
+        tmp_path / "c")
+    predicted = pd.read_csv(tmp_path / "p.csv", dtype={"id": str, "pred": str, "reason": str}, keep_default_na=False)
+    for split in ("dev", "test"):
+        assert_same_predictions(predicted, run / f"predictions_{split}.csv", classes(run), atol=1e-6)
+    cli("finetune", run, "--data", tiny.data, "--out", tmp_path / "ft", "--max-steps", "1", *QUICK)
+    metrics = json.loads((tmp_path / "ft" / "metrics.json").read_text())
+    assert metrics["parity"]["max_probability_difference"] <= 1e-3
+
+
+def test_tfidf_svd_is_fitted_on_train_only_and_reused_by_predict(tmp_path):
+    from helpers import text_table
+
+    data = text_table(tmp_path / "d.csv", 60)
+    frame = pd.read_csv(data, keep_default_na=False)
+    cache = tmp_path / "c"
+    cli("extract", data, "-e", "tfidf", "--svd-dim", "6", "--name", "tfidf-svd300", "-c", cache)
+    fitted = FeatureCache(cache).read("tfidf-svd300")
+    assert fitted.rows.matrix.shape == (60, 6)
+
+    # Other dev and test texts: the fit (vocabulary, idf, SVD) and the train rows' vectors stay the same
+    changed = frame.copy()
+    held_out = changed["split"] != "train"
+    changed.loc[held_out, "text"] = [f"unseen{i} zebra words" for i in range(int(held_out.sum()))]
+    changed.to_csv(tmp_path / "changed.csv", index=False)
+    cli("extract", tmp_path / "changed.csv", "-e", "tfidf", "--svd-dim", "6", "--name", "tfidf-svd300", "-c",
+        tmp_path / "c2")
+    other = FeatureCache(tmp_path / "c2").read("tfidf-svd300")
+    assert fitted.state.keys() == other.state.keys() and len(fitted.state) >= 3
+    for key in fitted.state:
+        np.testing.assert_array_equal(np.asarray(fitted.state[key]), np.asarray(other.state[key]), err_msg=key)
+    train = (frame["split"] == "train").to_numpy()
+    np.testing.assert_array_equal(fitted.rows.matrix[train], other.rows.matrix[train])
+
+    run = tmp_path / "run"
+    cli("fuse", "--cache", cache, "--features", "tfidf-svd300", "--strategy", "single", "--label", "label",
+        "--out", run, "--epochs", "2", "--batch-size", "16")
+    new = frame[["id", "text"]].iloc[::7]
+    new.to_csv(tmp_path / "new.csv", index=False)
+    cli("predict", run, tmp_path / "new.csv", "--out", tmp_path / "p.csv", "--cache", tmp_path / "pc")
+    mine = FeatureCache(tmp_path / "pc").read("tfidf-svd300")
+    for key in fitted.state:
+        np.testing.assert_array_equal(np.asarray(mine.state[key]), np.asarray(fitted.state[key]), err_msg=key)
+    rows = [list(fitted.rows.ids).index(i) for i in new["id"]]
+    np.testing.assert_allclose(mine.rows.matrix, fitted.rows.matrix[rows], rtol=0, atol=1e-6)

@@ -37,7 +37,6 @@ import contextlib
 import hashlib
 import json
 import os
-import re
 import socket
 import time
 from dataclasses import dataclass, field
@@ -548,7 +547,10 @@ class FeatureCache:
             os.replace(tmp, self.root / BAD_ROWS_FILE)
         except OSError as exc:
             _discard(tmp)
-            raise StorageError.of(self.root / BAD_ROWS_FILE, exc, "another --cache") from exc
+            error = StorageError.of(self.root / BAD_ROWS_FILE, exc, "another --cache")
+            if error is None:
+                raise
+            raise error from exc
         return table
 
 
@@ -571,8 +573,8 @@ def _waited(timeout: float) -> str:
     return f" (waited {timeout:g} s)" if timeout else " (use --wait SECONDS to wait for it)"
 
 
-def _unwritable(root: Path, exc: OSError) -> StorageError:
-    return StorageError.of(root, exc, "another --cache")
+def _unwritable(root: Path, exc: OSError) -> FeatError:
+    return StorageError.of(root, exc, "another --cache") or FeatError(f"cannot write to cache {root}: {exc}")
 
 
 @contextlib.contextmanager
@@ -614,7 +616,7 @@ def _atomic_h5(path: Path) -> Iterator[h5py.File]:
         f = _create_h5(tmp)
         try:
             yield f
-            _flush(f)  # a full disk fails here, while every object is still open, rather than in a close
+            f.flush()  # a full disk fails here, while every object is still open, rather than in a close
         except BaseException:
             _abandon(f, tmp)
             raise
@@ -623,12 +625,12 @@ def _atomic_h5(path: Path) -> Iterator[h5py.File]:
             os.fsync(handle.fileno())
         os.replace(tmp, path)
         _fsync_dir(path.parent)
-    except OSError as exc:
+    except BaseException as exc:
         _discard(tmp)
-        raise StorageError.of(path, exc, "another --cache") from exc
-    except BaseException:
-        _discard(tmp)
-        raise
+        error = StorageError.of(path, exc, "another --cache")
+        if error is None:
+            raise
+        raise error from exc
 
 
 def _create_h5(path: Path) -> h5py.File:
@@ -646,16 +648,6 @@ def _create_h5(path: Path) -> h5py.File:
     fcpl.set_attr_creation_order(order)
     fcpl.set_obj_track_times(False)
     return h5py.File(h5py.h5f.create(os.fsencode(path), h5py.h5f.ACC_TRUNC, fapl=fapl, fcpl=fcpl))
-
-
-def _flush(f: h5py.File) -> None:
-    try:
-        f.flush()
-    except RuntimeError as exc:  # h5py raises a failed flush as RuntimeError, the errno only in HDF5's text
-        code = re.search(r"errno = (\d+)", str(exc))
-        if code is None:
-            raise
-        raise OSError(int(code[1]), os.strerror(int(code[1]))) from exc
 
 
 def _abandon(f: h5py.File, tmp: Path) -> None:

@@ -150,7 +150,14 @@ def _is_local(name_or_path: str) -> bool:
 
 def _offline_kwargs(name_or_path: str) -> dict:
     """A hub id with no reachable hub: the local Hugging Face cache only (fails fast when not there)."""
-    return {} if _is_local(name_or_path) or hub_reachable() else {"local_files_only": True}
+    if _is_local(name_or_path) or hub_reachable():
+        return {}
+    from huggingface_hub import constants
+
+    # Even with local_files_only, huggingface_hub fetches a registry for its User-Agent header (one connection,
+    # a 3 s timeout); its offline switch stops that too. Nothing online can work in this process anyway.
+    constants.HF_HUB_OFFLINE = True
+    return {"local_files_only": True}
 
 
 def _load_error(what: str, name_or_path: str, exc: Exception) -> FeatError:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -17,12 +18,20 @@ BEST, RESULTS = "best", "results.csv"  # in an ablation folder: its winning run,
 
 def atomic_write(path: Path, write) -> None:
     """`write(tmp_path)` then rename: readers never see half a file."""
+    from feat.errors import StorageError
+
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         write(tmp)
         os.replace(tmp, path)
+    except Exception as exc:  # safetensors reports a full disk as its own error type
+        error = StorageError.of(path, exc)
+        if error is None:
+            raise
+        raise error from exc
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # a read-only folder refuses even this
+            tmp.unlink(missing_ok=True)
 
 
 def write_best(folder: Path, run: str) -> None:
