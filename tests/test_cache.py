@@ -377,10 +377,16 @@ def test_second_extract_fails_fast_or_waits(tmp_path, tiny):
         assert "is in use by another feat process" in result.output and "--wait" in result.output
         assert not (cache / "items.h5").exists()
         waiter = spawn(["extract", data, "-e", "probe-text", "-c", cache, "--wait", "600"])
-        assert not (cache / "items.h5").exists() and waiter.poll() is None
+        said = ""
+        for line in waiter.stdout:  # blocks until the waiter reports that it waits (or ends)
+            said += line
+            if "waiting for it" in line:
+                break
+        assert "is in use by another feat process: waiting for it (up to 600 s)" in said, said
+        assert not (cache / "items.h5").exists()
         holder.stdin.close()  # the holder releases the lock now, not before
         output, _ = waiter.communicate(timeout=600)
-        assert waiter.returncode == 0 and "6 encoded" in output, output
+        assert waiter.returncode == 0 and "6 encoded" in output, said + output
     finally:
         holder.kill()
         holder.wait()

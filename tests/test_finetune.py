@@ -282,7 +282,7 @@ def uninterrupted(tiny, tmp_path_factory):
 
 @pytest.mark.parametrize("stage, step", [("state", 2), ("index", 2), ("cleanup", 4)])
 def test_a_sigkill_inside_a_checkpoint_save_resumes_to_the_uninterrupted_result(tiny, uninterrupted, tmp_path,
-                                                                                stage, step):
+                                                                                monkeypatch, stage, step):
     """A real SIGKILL in the second save (step 4 of 10): with its tensors half-written, before its
     checkpoint.json, or after it but before the first checkpoint's files are removed. The last complete
     checkpoint is the one checkpoint.json names; the resumed run ends where the uninterrupted one did."""
@@ -292,6 +292,7 @@ def test_a_sigkill_inside_a_checkpoint_save_resumes_to_the_uninterrupted_result(
 
     args = ["finetune", tiny.run, "--data", tiny.data, "--epochs", "2", "--checkpoint-every", "2", *QUICK]
     killed = tmp_path / "killed"
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")  # as this process (one_thread): the same float sums
     process = spawn([*args, "--out", killed], kill_in=f"checkpoint_{stage}:2")
     output, _ = process.communicate(timeout=900)
     assert process.returncode == -signal.SIGKILL, f"exit {process.returncode}: {output}"

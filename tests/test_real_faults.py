@@ -293,3 +293,25 @@ def test_a_full_disk_under_the_predict_cache(tmp_path, mounts, fused):
     done = feat_process(["predict", run, data, "--out", out, "--cache", mount / "pc"])
     assert done.returncode == 0, done.stdout + done.stderr
     assert out.read_bytes() == normal.read_bytes()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("megabytes", [1.1, 1.6, 1.9, 2.3])
+def test_minilm_on_a_tmpfs_of_one_to_two_megabytes(tmp_path_factory, tmp_path, mounts, megabytes):
+    """The audit's case: `feat extract DATA.csv -e minilm` (742 rows) on a tmpfs of 1.1 to 2.3 MB died with
+    exit 139 (and 91 lines) or exit 1 (a message over 2 lines). Now: exit 2, one line; with the mount grown,
+    the run completes with the vectors of an extraction on a normal disk."""
+    from feat.synthetic import make_synthetic_dataset
+
+    root = tmp_path_factory.getbasetemp() / "minilm-742"
+    data = root / "data" / "data.csv"
+    if not (root / "reference" / "features" / "minilm.h5").exists():
+        make_synthetic_dataset(root / "data", rows=742, image_size=32)
+        cli("extract", data, "-e", "minilm", "-c", root / "reference")
+    mount = mounts.tmpfs(tmp_path / "disk", int(megabytes * 1e6))
+    cache = mount / "c"
+    assert_clean_refusal(feat_process(["extract", data, "-e", "minilm", "-c", cache]), "No space left on device")
+    mounts.grow(mount, 16 * MiB)
+    cli("extract", data, "-e", "minilm", "-c", cache)
+    got, want = FeatureCache(cache).read("minilm").rows, FeatureCache(root / "reference").read("minilm").rows
+    assert list(got.ids) == list(want.ids) and np.array_equal(got.matrix, want.matrix)

@@ -175,7 +175,17 @@ class FeatureCache:
     def _exclusive_lock(self, timeout: float) -> Iterator[None]:
         lock = FileLock(str(self.root / LOCK_FILE))
         try:
-            lock.acquire(timeout=timeout)
+            try:
+                lock.acquire(timeout=0)
+            except Timeout:
+                if not timeout:
+                    raise
+                from feat.console import console
+
+                # Otherwise a waiting run looks hung
+                console.print(f"cache {self.root} is in use by another feat process: waiting for it (up to "
+                              f"{timeout:g} s)", soft_wrap=True, markup=False)
+                lock.acquire(timeout=timeout)
         except Timeout:
             running = self.running_shards()
             if running:
