@@ -1,5 +1,9 @@
 """Errors that the CLI turns into one clear line and an exit code."""
 
+import errno
+import os
+import re
+
 
 class FeatError(Exception):
     """A failure feat can explain in one line (exit code 1)."""
@@ -20,10 +24,7 @@ class StorageError(InputError):
     @classmethod
     def of(cls, path, exc: BaseException, elsewhere: str = "another folder") -> "StorageError | None":
         """The error for a failed write of `path`, or None when `exc` is no refusal by the disk."""
-        import errno
-        import os
-
-        code = os_errno(exc)
+        code = None if isinstance(exc, FeatError) else os_errno(exc)
         if code not in DISK_REFUSALS:
             return None
         if code in (errno.ENOSPC, errno.EDQUOT):
@@ -34,21 +35,13 @@ class StorageError(InputError):
         return cls(f"could not write {path}: {os.strerror(code)} ({hint})")
 
 
+DISK_REFUSALS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
+
+
 def os_errno(exc: BaseException) -> int | None:
     """The errno of an OSError, or the one a library quotes in its text: h5py raises a failed flush as
     RuntimeError ("errno = 28"), safetensors as SafetensorError ("os error 28")."""
-    import re
-
     if isinstance(exc, OSError) and exc.errno:
         return exc.errno
     found = re.search(r"(?:errno =|os error) (\d+)", str(exc))
     return int(found[1]) if found else None
-
-
-def _refusals() -> frozenset[int]:
-    import errno
-
-    return frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM})
-
-
-DISK_REFUSALS = _refusals()
