@@ -154,3 +154,28 @@ def test_fuse_precision_bf16_trains_and_evaluates_with_bf16_matmuls(cache, tmp_p
             assert torch.get_float32_matmul_precision() == before
     finally:
         handle.remove()
+
+
+def test_test_labels_reach_neither_training_nor_model_selection(tmp_path):
+    """Two caches that differ only in every test label (flipped): the same head, history and dev metrics, and
+    test accuracies that add up to 1 (each test row is scored once, against its own label)."""
+    from feat.fuse.toy import toy_features
+
+    frame, _ = toy_features()
+    flipped = [{"yes": "no", "no": "yes"}[label] if split == "test" else label
+               for label, split in zip(frame["label"], frame["split"])]
+    runs = {}
+    for name, labels in (("true", None), ("flipped", flipped)):
+        cache = write_toy_cache(tmp_path / f"cache-{name}", labels=labels)
+        runs[name] = tmp_path / name
+        result = invoke("fuse", "--cache", cache, "--features", "a,b", "--strategy", "concat", "--label", "label",
+                        "--seed", "0", "--out", runs[name], *SMALL)
+        assert result.exit_code == 0, result.output
+    true, other = runs["true"], runs["flipped"]
+    assert (true / "model.safetensors").read_bytes() == (other / "model.safetensors").read_bytes()
+    history = [pd.read_csv(run / "history.csv") for run in (true, other)]
+    timing = [c for c in history[0].columns if "second" in c]
+    assert history[0].drop(columns=timing).equals(history[1].drop(columns=timing))
+    metrics = [json.loads((run / "metrics.json").read_text()) for run in (true, other)]
+    assert metrics[0]["dev"] == metrics[1]["dev"] and metrics[0]["best_epoch"] == metrics[1]["best_epoch"]
+    assert metrics[0]["test"]["accuracy"] + metrics[1]["test"]["accuracy"] == pytest.approx(1.0)
