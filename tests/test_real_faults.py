@@ -278,9 +278,9 @@ def test_a_full_disk_under_an_ablation(tmp_path, mounts, fused):
     assert not [p for p in files_under(mount) if ".tmp" in p]
 
 
-def test_a_full_disk_under_the_predict_cache(tmp_path, mounts, fused):
+def test_a_full_disk_under_the_predict_cache(tmp_path, mounts, fused, monkeypatch):
     data, _, run = fused
-    register_test_encoders(pytest.MonkeyPatch())
+    register_test_encoders(monkeypatch)
     normal = tmp_path / "normal.csv"
     cli("predict", run, data, "--out", normal, "--cache", tmp_path / "pc")
     mount = mounts.tmpfs(tmp_path / "disk", 4 * MiB)
