@@ -262,7 +262,7 @@ def test_a_full_disk_under_a_fuse_run_folder(tmp_path, mounts, fused, free):
     leave_free(mount, free)
     done = feat_process(["fuse", "--cache", cache, "--features", NAME, "--strategy", "single", "--label", "label",
                          "--out", mount / "run", "--epochs", "2", "--batch-size", "64"])
-    assert_clean_refusal(done, "No space left on device", max_lines=None)
+    assert_clean_refusal(done, "No space left on device", progress_only=False)
     assert not (mount / "run" / "metrics.json").exists(), "metrics.json marks a complete run: never written"
     assert not [p for p in files_under(mount) if ".tmp" in p]
 
@@ -274,7 +274,7 @@ def test_a_full_disk_under_an_ablation(tmp_path, mounts, fused):
     done = feat_process(["ablate", "--cache", cache, "--features", NAME, "--strategies", "single", "--seeds", "1",
                          "--label", "label", "--out", mount / "abl", "--workers", "1", "--no-curves",
                          "--epochs", "2", "--batch-size", "64"])
-    assert_clean_refusal(done, "No space left on device", max_lines=None)
+    assert_clean_refusal(done, "No space left on device", progress_only=False)
     assert not [p for p in files_under(mount) if ".tmp" in p]
 
 
@@ -287,7 +287,7 @@ def test_a_full_disk_under_the_predict_cache(tmp_path, mounts, fused, monkeypatc
     leave_free(mount, 200 * 1024)  # items.h5 fits, the vectors (~0.46 MB) do not
     out = tmp_path / "p.csv"
     done = feat_process(["predict", run, data, "--out", out, "--cache", mount / "pc"])
-    assert_clean_refusal(done, "No space left on device", max_lines=None)
+    assert_clean_refusal(done, "No space left on device", progress_only=False)
     assert not out.exists()
     mounts.grow(mount, 16 * MiB)
     done = feat_process(["predict", run, data, "--out", out, "--cache", mount / "pc"])
