@@ -73,7 +73,7 @@ def describe(exc: BaseException) -> str:
     text = " ".join(str(exc).split()) or type(exc).__name__
     if "(" in text and text.endswith(")"):
         text = text[text.index("(") + 1:-1]
-    return text[:200]
+    return f"unreadable: {text[:200]}"
 
 
 @contextlib.contextmanager
@@ -97,7 +97,7 @@ class Reader:
 
     def __init__(self, f: h5py.File, path: Path):
         self.f, self.path = f, path
-        self.sealed = f.attrs.get(MARK) == SCHEME
+        self.sealed = _plain(f.attrs.get(MARK)) == SCHEME
 
     def damaged(self, detail: str) -> DamagedFile:
         return DamagedFile(self.path, detail)
@@ -109,7 +109,14 @@ class Reader:
             raise self.damaged(f"'{key}' is missing") from None
 
     def attrs(self) -> dict:
-        return {k: (v.item() if isinstance(v, np.generic) else v) for k, v in self.f.attrs.items()}
+        return {k: _plain(v) for k, v in self.f.attrs.items()}
+
+    def attr(self, key: str, default=None):
+        """One attribute (str for a string); `default` when absent."""
+        try:
+            return _plain(self.f.attrs[key])
+        except KeyError:
+            return default
 
     def array(self, node: h5py.Dataset | str) -> np.ndarray:
         """A numeric dataset, whole, verified."""
@@ -221,8 +228,26 @@ def create(path: Path) -> h5py.File:
     fapl.set_libver_bounds(h5py.h5f.LIBVER_V110, h5py.h5f.LIBVER_V110)
     fapl.set_fclose_degree(h5py.h5f.CLOSE_STRONG)
     f = h5py.File(h5py.h5f.create(os.fsencode(path), h5py.h5f.ACC_TRUNC, fcpl=fcpl, fapl=fapl))
-    f.attrs[MARK] = SCHEME
+    set_attrs(f, {MARK: SCHEME})
     return f
+
+
+def set_attrs(obj: h5py.Group, values: dict) -> None:
+    """Strings as fixed-length UTF-8, stored in the object header and so under HDF5's checksum (h5py's
+    default, variable-length, puts them in the global heap, which no checksum covers)."""
+    for key, value in values.items():
+        if isinstance(value, str):
+            data = value.encode("utf-8", "surrogateescape")
+            obj.attrs.create(key, np.array(data, dtype=f"S{max(1, len(data))}"),
+                             dtype=h5py.string_dtype("utf-8", max(1, len(data))))
+        else:
+            obj.attrs[key] = value
+
+
+def _plain(value):
+    if isinstance(value, (bytes, np.bytes_)):
+        return bytes(value).decode("utf-8", "surrogateescape")
+    return value.item() if isinstance(value, np.generic) else value
 
 
 def reserve(node: h5py.Dataset) -> h5py.Dataset:
@@ -250,8 +275,8 @@ def seal(f: h5py.File) -> None:
             node.attrs.modify(DIGESTS, value)  # in place, where `reserve` put it
         else:
             node.attrs[DIGESTS] = value
-    if f.attrs.get(MARK) != SCHEME:
-        f.attrs[MARK] = SCHEME
+    if _plain(f.attrs.get(MARK)) != SCHEME:
+        set_attrs(f, {MARK: SCHEME})
 
 
 def _blocks(node: h5py.Dataset) -> tuple[int, int]:
@@ -269,7 +294,8 @@ def _digest(values) -> bytes:
     import xxhash
 
     if not isinstance(values, memoryview):
-        values = memoryview(np.ascontiguousarray(values)).cast("B")
+        values = np.ascontiguousarray(values)
+        values = memoryview(values.reshape(-1).view(np.uint8)) if values.size else b""
     return xxhash.xxh3_128_digest(values)
 
 

@@ -42,9 +42,12 @@ class Repair:
     def notes(self) -> list[str]:
         lines = [f"{self.name}: damaged file {path.name[:path.name.index(DAMAGED)]} ({why}) moved aside as "
                  f"{path}" for path, why in self.moved]
-        unlisted = f"; {self.unlisted} file(s) too damaged to list their rows" if self.unlisted else ""
-        lines.append(f"{self.name}: repair kept {self.salvaged} verified row(s), {len(self.lost)} row(s) lost are "
-                     f"re-encoded{unlisted}")
+        if self.unlisted < len(self.moved):
+            lines.append(f"{self.name}: repair kept {self.salvaged} verified row(s), {len(self.lost)} row(s) lost "
+                         "are re-encoded")
+        if self.unlisted:
+            lines.append(f"{self.name}: {self.unlisted} damaged file(s) could not be read at all: the rows they "
+                         "held are re-encoded")
         return lines
 
 
@@ -100,25 +103,59 @@ def salvage(path: Path) -> tuple[FeatureRows, np.ndarray, dict] | None:
         padded = Path(folder) / path.name
         if not _zero_extended_copy(path, padded):
             return None
+        return _in_child(_salvage_file, padded, timeout=10 + padded.stat().st_size / 2**25)
+
+
+def _salvage_file(path: Path) -> tuple[FeatureRows, np.ndarray, dict] | None:
+    try:
+        with opened(path) as r:
+            return _salvage(r)
+    except DamagedFile:
+        return None
+
+
+def _in_child(function, path: Path, timeout: float):
+    """`function(path)` in a forked process: HDF5 can loop forever on the zeroed tail of a padded copy (seen
+    on variable-length strings whose heap lay in it), and a repair must end. None when it does not finish."""
+    import multiprocessing
+    import pickle
+
+    context = multiprocessing.get_context("fork")
+    receive, send = context.Pipe(duplex=False)
+
+    def child() -> None:
         try:
-            with opened(padded) as r:
-                return _salvage(r)
-        except DamagedFile:
-            return None
+            send.send_bytes(pickle.dumps(function(path)))
+        except BaseException:
+            send.send_bytes(pickle.dumps(None))
+
+    process = context.Process(target=child, daemon=True)
+    process.start()
+    send.close()
+    try:
+        return pickle.loads(receive.recv_bytes()) if receive.poll(timeout) else None
+    except (EOFError, OSError, pickle.UnpicklingError):
+        return None
+    finally:
+        process.kill()
+        process.join()
+        receive.close()
 
 
 def _salvage(r: Reader) -> tuple[FeatureRows, np.ndarray, dict] | None:
     if not r.sealed:
         return None  # no checksums: nothing can be told good
     try:
+        node = r.node("X")
+        if isinstance(node, h5py.Group):
+            return None  # a sparse matrix verifies whole or not at all; TF-IDF rows are cheap to redo
         fingerprint = json.loads(r.attrs()["fingerprint"])
         ids, hashes, reasons = r.strings("ids"), r.strings("content_hash"), r.strings("reason")
         valid = r.array("valid").astype(bool)
-        node = r.node("X")
     except (DamagedFile, *READ_ERRORS, json.JSONDecodeError):
         return None
-    if isinstance(node, h5py.Group) or len({len(ids), len(hashes), len(reasons), len(valid), node.shape[0]}) > 1:
-        return None  # a sparse matrix verifies whole or not at all; TF-IDF rows are cheap to redo
+    if len({len(ids), len(hashes), len(reasons), len(valid), node.shape[0]}) > 1:
+        return None
     good = r.good_rows(node)
     matrix = np.zeros(node.shape, dtype=node.dtype)
     for start, stop in _runs(good):

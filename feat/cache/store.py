@@ -12,13 +12,17 @@ Layout of a cache folder (schema 1, readable with plain h5py):
                              /X/data, /X/indices, /X/indptr (CSR) with attr shape
         /state/<key>         arrays an encoder needs to encode new rows alike (TF-IDF vocabulary, idf, ...)
         attrs: schema, name, encoder, fingerprint (JSON), fingerprint_id, dim, format, created, feat_version,
-               ids_sha256 (`ids_digest` of /ids: a reader that already holds the ids need not decode them)
+               ids_sha256 (`ids_digest` of /ids: a reader that already holds the ids need not decode them),
+               checksums (every file: strings fixed-length, and every dataset's block digests: integrity.py)
     features/<name>.parts/   committed batches of an unfinished extraction (same datasets, a subset of rows):
         part-<k>.h5          by a plain extract; part-<k>-s<i>of<n>.h5 by shard i of n (`--shard i/n`)
         shard-s<i>of<n>.h5   shard i's manifest: its ids, content hashes, fingerprint, table digest, fit
     bad_rows.csv             every invalid or zero-filled row of every feature set, with its reason
     .lock                    held exclusively by a plain extract or a merge; shared by running shards
     .lock-s<i>of<n>          held by shard i of n (one process per shard)
+
+Integrity: every read is verified against the checksums written with the data (integrity.py); a damaged
+file raises `DamagedFile` (exit 2), and the next extract repairs it (repair.py).
 
 Crash safety: every file is written under a temporary name, fsynced and renamed into place, so a reader or
 a resumed run sees either the old or the new file, never half of one. An extraction commits batches as part
@@ -50,7 +54,7 @@ import scipy.sparse as sp
 from filelock import FileLock, Timeout
 
 from feat import __version__
-from feat.cache.integrity import DamagedFile, Reader, create, opened, reserve, seal
+from feat.cache.integrity import DamagedFile, Reader, create, opened, reserve, seal, set_attrs
 from feat.cache.shard import Shard
 from feat.errors import FeatError, InputError
 
@@ -252,16 +256,16 @@ class FeatureCache:
                         r.verify_all()
                         return False
         with _atomic_h5(self.items_path) as f:
+            set_attrs(f, {"schema": SCHEMA, "table_digest": digest, "created": _now(), "feat_version": __version__,
+                          "column_order": json.dumps(list(frame.columns)),
+                          **{key: value if isinstance(value, (str, int, float)) else json.dumps(value)
+                             for key, value in attrs.items()}})
             _write_str(f, "id", frame["id"])
             _write_str(f, "split", frame["split"])
             group = f.create_group("columns")
             for name in frame.columns:
                 if name not in ("id", "split"):
                     _write_str(group, name, frame[name])
-            f.attrs.update({"schema": SCHEMA, "table_digest": digest, "created": _now(),
-                            "feat_version": __version__, "column_order": json.dumps(list(frame.columns))})
-            for key, value in attrs.items():
-                f.attrs[key] = value if isinstance(value, (str, int, float)) else json.dumps(value)
         return True
 
     def read_items(self) -> pd.DataFrame:
@@ -318,7 +322,8 @@ class FeatureCache:
             attrs = r.attrs()
             state = {k: r.any(v) for k, v in r.f["state"].items()} if "state" in r.f else {}
             block = _read_rows(r) if rows else None
-        return FeatureSet(name, block, json.loads(attrs["fingerprint"]), attrs, state)
+            fingerprint = json.loads(attrs["fingerprint"])
+        return FeatureSet(name, block, fingerprint, attrs, state)
 
     def read_matrix(self, name: str, expected_ids: np.ndarray | None = None) -> FeatureSet:
         """What training needs (ids, matrix, valid flags, fingerprint) in one open, without the per-row hash
@@ -327,8 +332,8 @@ class FeatureCache:
         anyway), those are returned instead of decoding the same strings again; otherwise the stored ids are."""
         path = self._existing_feature_path(name)
         with opened(path) as r:
-            fingerprint = json.loads(r.f.attrs["fingerprint"])
-            same = expected_ids is not None and r.f.attrs.get("ids_sha256") == ids_digest(expected_ids)
+            fingerprint = json.loads(r.attr("fingerprint"))
+            same = expected_ids is not None and r.attr("ids_sha256") == ids_digest(expected_ids)
             ids = np.asarray(expected_ids, dtype=object) if same else r.strings("ids")
             valid, matrix = r.array("valid").astype(bool), _read_matrix(r, r.node("X"))
             if len(valid) != len(ids) or matrix.shape[0] != len(ids):
@@ -378,7 +383,7 @@ class FeatureCache:
         index = _part_number(existing[-1]) + 1 if existing else 0
         path = folder / (f"part-{index:06d}-{self.shard.tag}.h5" if self.shard else f"part-{index:06d}.h5")
         with _atomic_h5(path) as f:
-            f.attrs["fingerprint"] = json.dumps(fingerprint, sort_keys=True)  # first: see `reserve`
+            set_attrs(f, {"fingerprint": json.dumps(fingerprint, sort_keys=True)})  # first: see `reserve`
             _write_rows(f, rows)
         return path
 
@@ -466,7 +471,7 @@ class FeatureCache:
                  "n_valid": int(aligned.valid.sum()), "created": _now(), "feat_version": __version__,
                  "ids_sha256": ids_digest(aligned.ids)}
         with _atomic_h5(self.feature_path(name)) as f:
-            f.attrs.update(attrs)  # first, near the start of the file, as every dataset's digests (`reserve`)
+            set_attrs(f, attrs)  # first, near the start of the file, as every dataset's digests (`reserve`)
             _write_rows(f, aligned)
             if not sparse:
                 out = reserve(f.create_dataset("X", shape=(len(aligned), aligned.dim), dtype=dtype,
@@ -500,7 +505,7 @@ class FeatureCache:
         they describe work nobody will merge. Their committed parts stay, reusable by content."""
         if manifest.shard != self.shard:
             raise FeatError(f"a manifest of shard {manifest.shard.label} written as shard {self.shard}")
-        for old in self.shard_manifests(name):
+        for old in self.shard_manifests(name, skip_damaged=True):
             if old.job != manifest.job:
                 self._manifest_path(name, old.shard).unlink(missing_ok=True)
         path = self._manifest_path(name, manifest.shard)
@@ -514,14 +519,21 @@ class FeatureCache:
                 group = f.create_group("state")
                 for key, value in manifest.state.items():
                     _write_any(group, key, value)
-            f.attrs.update({"schema": SCHEMA, "shard": manifest.shard.index, "shards": manifest.shard.count,
-                            "fingerprint": json.dumps(manifest.fingerprint, sort_keys=True),
-                            "encoder": manifest.encoder, "table_digest": manifest.table_digest,
-                            "created": _now(), "feat_version": __version__})
+            set_attrs(f, {"schema": SCHEMA, "shard": manifest.shard.index, "shards": manifest.shard.count,
+                          "fingerprint": json.dumps(manifest.fingerprint, sort_keys=True),
+                          "encoder": manifest.encoder, "table_digest": manifest.table_digest,
+                          "created": _now(), "feat_version": __version__})
 
-    def shard_manifests(self, name: str) -> list[ShardManifest]:
+    def shard_manifests(self, name: str, skip_damaged: bool = False) -> list[ShardManifest]:
+        """`skip_damaged`: leave damaged manifests out (a shard rewrites its own; the merge names the others)."""
         manifests = []
         for path in self._manifest_files(name):
+            if skip_damaged:
+                try:
+                    with opened(path) as r:
+                        r.verify_all()
+                except DamagedFile:
+                    continue
             with opened(path) as r:
                 state = {k: r.any(v) for k, v in r.f["state"].items()} if "state" in r.f else {}
                 a = r.attrs()
@@ -540,7 +552,10 @@ class FeatureCache:
         frames = []
         failed = failed or {}
         for name in self.feature_names():
-            rows = self.read_flags(name)
+            try:
+                rows = self.read_flags(name)
+            except DamagedFile:  # listed again once an extract with its encoder has repaired it
+                continue
             flagged = rows.reason != ""
             if name in failed:  # the failed run's view of these rows is newer than the stored one
                 flagged &= ~np.isin(rows.ids, [item for item, _ in failed[name]])

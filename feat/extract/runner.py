@@ -26,7 +26,7 @@ from feat.cache.repair import Repair, repair
 from feat.cache.shard import Shard
 from feat.cache.store import ShardManifest, table_digest
 from feat.console import console, progress_bar
-from feat.data import Columns, Table, load_table
+from feat.data import OUTSIDE_ROOT, Columns, Table, load_table
 from feat.errors import FeatError, InputError
 from feat.extract.base import (Encoder, EncoderOptions, FittedEncoder, ImageEncoder, JointEncoder, Runtime,
                                TextEncoder, feature_name)
@@ -269,6 +269,22 @@ def _check_table(table: Table, encoders: list[Encoder]) -> None:
         if "image" in encoder.modality and not table.has_image:
             raise InputError(f"encoder '{encoder.name}' needs an image column '{table.columns.image}' "
                              "(use --image-col)")
+    if any("image" in encoder.modality for encoder in encoders):
+        _refuse_paths_outside_root(table)
+
+
+def _refuse_paths_outside_root(table: Table) -> None:
+    """A path outside the image root is a setup mistake (a wrong --image-root, a table from another machine),
+    not a bad image: it rarely comes alone, and marking each such row invalid would let a run of hours end
+    with those rows silently missing from training. Refused before anything is written, naming the rows."""
+    frame = table.frame
+    outside = frame[frame["image_error"].str.startswith(OUTSIDE_ROOT)]
+    if outside.empty:
+        return
+    examples = "; ".join(f"{item}: {value}" for item, value in zip(outside["id"][:3], outside["image"][:3]))
+    raise InputError(f"{len(outside)} of {len(frame)} image path(s) resolve outside the image root "
+                     f"{table.image_root} ({examples}{'; ...' if len(outside) > 3 else ''}); nothing was written: "
+                     "pass --image-root FOLDER holding the images, or --allow-outside-root to accept them")
 
 
 def _text_notes(table: Table, encoders: list[Encoder]) -> list[str]:
