@@ -26,6 +26,18 @@ CASES = int(os.environ.get("FEAT_FUZZ_CASES", "12"))
 SVD = ["-e", "tfidf", "--svd-dim", "8"]  # dense TF-IDF rows: each row's vector depends on it alone
 
 
+@pytest.fixture(scope="module", autouse=True)
+def command_built_once():
+    """typer rebuilds the click command on every CliRunner.invoke (~0.1 s); the fuzz runs hundreds."""
+    import typer.testing
+
+    built = {}
+    original = typer.testing._get_command
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(typer.testing, "_get_command", lambda app: built.setdefault(id(app), original(app)))
+        yield
+
+
 @pytest.fixture(scope="module")
 def encoders():
     from feat.extract import registry

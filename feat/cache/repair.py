@@ -103,7 +103,7 @@ def salvage(path: Path) -> tuple[FeatureRows, np.ndarray, dict] | None:
         padded = Path(folder) / path.name
         if not _zero_extended_copy(path, padded):
             return None
-        return _in_child(_salvage_file, padded, timeout=10 + padded.stat().st_size / 2**25)
+        return _in_child(_salvage_file, padded, timeout=3 + padded.stat().st_size / 2**24)
 
 
 def _salvage_file(path: Path) -> tuple[FeatureRows, np.ndarray, dict] | None:
