@@ -33,7 +33,7 @@ MARK, SCHEME = "checksums", "xxh3-128/1"  # root attribute of a checksummed file
 DIGESTS = "xxh3"  # dataset attribute: the digests of its blocks, in order (16 bytes each)
 # Rows per block follow from the dataset's shape and dtype (`_blocks`): part of the scheme, not stored.
 BLOCK_BYTES = 1 << 18  # 256 KiB: a damaged block loses ~170 MiniLM rows; hashing it is as fast as 1 MiB
-READ_BYTES = 1 << 22  # bytes per read of a contiguous matrix (fewer system calls)
+READ_BYTES = 1 << 18  # bytes per read of a contiguous matrix: one block, hashed while it is in the CPU cache
 DIGEST_SIZE = 16
 # What h5py (and the decoding of what it returns) raises on a file that is not what it claims to be.
 READ_ERRORS = (OSError, KeyError, ValueError, TypeError, RuntimeError, IndexError, AttributeError,
