@@ -251,7 +251,8 @@ def test_store_dtype_float16(tmp_path, tiny):
     run(data, tmp_path / "c32", ["probe-text"])
     run(data, tmp_path / "c16", ["probe-text"], store_dtype="float16")
     with h5py.File(tmp_path / "c16" / "features" / "probe-text.h5") as f:
-        assert f["X"].dtype == np.float16 and f.attrs["dtype"] == "float16"
+        # String attributes are fixed-length UTF-8 (under HDF5's checksum): h5py returns bytes
+        assert f["X"].dtype == np.float16 and f.attrs["dtype"] == b"float16"
     x16 = FeatureCache(tmp_path / "c16").read("probe-text").rows.matrix
     x32 = FeatureCache(tmp_path / "c32").read("probe-text").rows.matrix
     assert x16.dtype == np.float16 and x32.dtype == np.float32
@@ -460,14 +461,10 @@ def test_h5_write_refused_is_a_clear_error(tmp_path, tiny, monkeypatch):
     cache = tmp_path / "c"
     from feat.cache import store
 
-    real_file = h5py.File
+    def refuse(path):  # every new HDF5 file is created by integrity.create
+        raise PermissionError(errno.EACCES, "Permission denied", str(path))
 
-    def refuse(name, mode="r", *args, **kwargs):
-        if mode == "w":
-            raise PermissionError(errno.EACCES, "Permission denied", str(name))
-        return real_file(name, mode, *args, **kwargs)
-
-    monkeypatch.setattr(store.h5py, "File", refuse)
+    monkeypatch.setattr(store, "create", refuse)
     result = cli("extract", data, "-e", "probe-text", "-c", cache, expect=1)
     assert "could not write" in result.output and "items.h5" in result.output
     assert "Permission denied" in result.output

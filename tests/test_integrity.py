@@ -141,7 +141,7 @@ def test_fuzz_damaged_parts_and_manifests(world, tmp_path, kind):
     """A damaged part: the next plain extract sets it aside and re-encodes its rows. A damaged manifest:
     the merge refuses it with one line. Either way, never other vectors."""
     sharded = world["sharded"]
-    folder = sharded / "features" / "tfidf.parts"
+    (folder,) = (sharded / "features").glob("*.parts")  # tfidf-svd8.parts
     target = sorted(folder.glob("part-*.h5" if kind == "part" else "shard-*.h5"))[1]
     command = (["extract", world["data"], *SVD, "-c"] if kind == "part" else ["merge"])
     pristine = tmp_path / "pristine"

@@ -178,7 +178,8 @@ def _verify_run(folder: Path, report: VerifyReport) -> None:
             art.load_model(path) if name == art.MODEL else art.read_json(path)
         except InputError as exc:
             what = str(exc).split("; ")[0]
-            report.problems.append(Problem(path, what.replace(f"{path} ", "", 1), True))
+            named = Path(what.split(" ", 1)[0])  # a config.json that does not match the weights names itself
+            report.problems.append(Problem(named, what.replace(f"{named} ", "", 1), True))
 
 
 def _add_usage(report: VerifyReport, kind: str, path: Path) -> None:

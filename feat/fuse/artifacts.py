@@ -17,6 +17,7 @@ import pandas as pd
 from feat.errors import InputError
 
 CONFIG, MODEL, METRICS, HISTORY = "config.json", "model.safetensors", "metrics.json", "history.csv"
+CHECKS = "feat"  # the weights' metadata key: JSON of the caller's metadata and the digests
 CURVE = "learning_curve.png"
 BEST, RESULTS = "best", "results.csv"  # in an ablation folder: its winning run, and one row per run
 
@@ -98,11 +99,12 @@ def save_model(path: Path, tensors: dict, metadata: dict[str, str]) -> None:
     from safetensors.torch import save_file
 
     tensors = {k: v.contiguous() for k, v in tensors.items()}
-    metadata = {**metadata, "xxh3": tensors_digest(tensors)}
+    checks = {**metadata, "xxh3": tensors_digest(tensors)}
     config = path.with_name(CONFIG)
     if path.name == MODEL and config.exists():
-        metadata["config_xxh3"] = _file_digest(config)
-    atomic_write(path, lambda p: save_file(tensors, str(p), metadata))
+        checks["config_xxh3"] = _file_digest(config)
+    # One metadata key: safetensors writes several in a random order, and same-seed runs must be byte-identical
+    atomic_write(path, lambda p: save_file(tensors, str(p), {CHECKS: json.dumps(checks, sort_keys=True)}))
 
 
 def load_model(path: Path) -> dict:
@@ -118,6 +120,10 @@ def load_model(path: Path) -> dict:
         raise InputError(f"{path} is missing; {_rerun_hint(path)}") from None
     except Exception as exc:  # safetensors raises its own SafetensorError, or OSError/ValueError, on a bad file
         raise InputError(f"{path} is damaged ({' '.join(str(exc).split())[:160]}); {_rerun_hint(path)}") from None
+    try:
+        metadata = json.loads(metadata.get(CHECKS, "{}"))
+    except ValueError:
+        raise InputError(f"{path} is damaged (its metadata is not valid JSON); {_rerun_hint(path)}") from None
     if "xxh3" in metadata and metadata["xxh3"] != tensors_digest(tensors):
         raise InputError(f"{path} is damaged (its tensors do not match their checksum); {_rerun_hint(path)}")
     config = path.with_name(CONFIG)
