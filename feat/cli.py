@@ -154,6 +154,28 @@ def info(cache: Annotated[Path, typer.Argument(help="Cache folder.")]):
 
 
 @app.command()
+@_friendly_errors
+def verify(
+    cache: Annotated[Path, typer.Argument(help="Cache folder.")],
+    runs: Annotated[Optional[Path], typer.Option(help="Also check the run and ablation folders under DIR "
+                                                      "(config.json, model.safetensors, metrics.json).")] = None,
+):
+    """Read every file of a cache against its checksums; one line per problem. Exit 0 clean, 1 damaged."""
+    from rich.markup import escape
+
+    from feat.cache.verify import verify as run_verify
+    from feat.console import console
+
+    report = run_verify(cache, runs)
+    for problem in report.problems:
+        colour = "red" if problem.damaged else "yellow"
+        console.print(f"[{colour}]{escape(problem.line())}", soft_wrap=True)
+    console.print(escape(report.summary()), soft_wrap=True)
+    if report.damaged:
+        raise typer.Exit(1)
+
+
+@app.command()
 def encoders():
     """List the registered encoders."""
     from feat.extract.registry import ENCODERS

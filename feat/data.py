@@ -257,6 +257,9 @@ def _resolve_images(frame: pd.DataFrame, root: Path, allow_outside_root: bool) -
     frame["image_error"] = errors
 
 
+OUTSIDE_ROOT = "path outside image root"  # `feat extract` refuses a table with such a row (an input error)
+
+
 def resolve_image_path(value: str, real_root: Path, allow_outside_root: bool) -> tuple[str, str]:
     """Return (absolute path, "") or ("", reason). Symlinks are followed before the root check."""
     if not value or value.lower() == "nan":
@@ -272,5 +275,5 @@ def resolve_image_path(value: str, real_root: Path, allow_outside_root: bool) ->
         return "", f"invalid image path ({getattr(exc, 'strerror', None) or exc})"
     inside = resolved == root or resolved.startswith(root.rstrip(os.sep) + os.sep)
     if not allow_outside_root and not inside:
-        return "", f"path outside image root {real_root} (use --allow-outside-root to permit)"
+        return "", f"{OUTSIDE_ROOT} {real_root} (use --allow-outside-root to permit)"
     return resolved, ""

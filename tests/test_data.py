@@ -294,25 +294,27 @@ def test_image_root_option(path_tree):
     assert table.frame["image_path"].tolist() == [str(outside / "secret.png")]
 
 
-def test_refused_paths_are_reported_through_extract(path_tree, monkeypatch):
+def test_paths_outside_the_root_are_an_input_error_with_nothing_written(path_tree, monkeypatch):
+    """A path outside the image root is a setup mistake, refused before any write (README, "What feat
+    guarantees"); rows without a usable path of their own (empty, NUL byte) stay bad rows."""
     register_test_encoders(monkeypatch)
     root, outside = path_tree
     cache = root / "cache"
-    result = cli("extract", write_csv(root / "data.csv", _path_records(root, outside)), "-e", "tiny-image",
-                 "-c", cache)
+    data = write_csv(root / "data.csv", _path_records(root, outside))
+    result = cli("extract", data, "-e", "tiny-image", "-c", cache, expect=2)
+    refused = {k for k, (_, reason) in PATH_ROWS.items() if reason == "outside image root"}
+    assert f"{len(refused)} of {len(PATH_ROWS)} image path(s) resolve outside the image root" in result.output
+    assert "nothing was written" in result.output and "Traceback" not in result.output
+    assert not cache.exists()
+    # A text-only extraction does not read images: their paths are not its business.
+    cli("extract", data, "-e", "probe-text", "-c", cache)
+    # Allowed explicitly: those rows are encoded; the rows with no usable path are bad rows with a reason.
+    result = cli("extract", data, "-e", "tiny-image", "-c", cache, "--allow-outside-root")
+    assert "2 bad row(s)" in result.output
     bad = pd.read_csv(cache / "bad_rows.csv", keep_default_na=False)
-    refused = {k for k, (_, reason) in PATH_ROWS.items() if reason}
-    assert set(bad["id"]) == refused
-    assert all(bad.set_index("id").loc[k, "reason"].find(PATH_ROWS[k][1]) >= 0 for k in refused)
-    assert f"{len(refused)} bad row(s)" in result.output
+    assert dict(zip(bad["id"], bad["reason"])) == {"empty": "no image path",
+                                                   "nul_byte": "invalid image path (contains a NUL byte)"}
     from feat.cache import FeatureCache
 
-    rows = FeatureCache(cache).read("tiny-image").rows
-    assert dict(zip(rows.ids, rows.valid)) == {k: not reason for k, (_, reason) in PATH_ROWS.items()}
-    # The secret image was never read into the cache: its row is all zeros and invalid.
-    secret_rows = [i for i, k in enumerate(rows.ids) if k == "symlink_escape"]
-    assert np.all(rows.matrix[secret_rows] == 0)
-    # Allowed explicitly: the same rows are encoded now (the path changed, so the row hash did).
-    cli("extract", root / "data.csv", "-e", "tiny-image", "-c", cache, "--allow-outside-root")
     rows = FeatureCache(cache).read("tiny-image").rows
     assert {k for k, v in zip(rows.ids, rows.valid) if not v} == {"empty", "nul_byte"}

@@ -5,12 +5,18 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from feat.cache.integrity import opened
 from feat.cache.store import FeatureCache
 
 
 def describe(root: Path) -> str:
+    """Every file described is read whole against its checksums first: a damaged one is an error naming it
+    (a summary of bookkeeping alone would call a bit-rotted matrix fine)."""
     cache = FeatureCache(root)
     items = cache.read_items()
+    for path in [cache.items_path, *(cache.feature_path(name) for name in cache.feature_names())]:
+        with opened(path) as r:
+            r.verify_all()
     lines = [f"cache {root}: {len(items)} items "
              f"({', '.join(f'{s} {n}' for s, n in items['split'].value_counts().items())})"]
     item_ids = items["id"].to_numpy(dtype=object)

@@ -12,13 +12,17 @@ Layout of a cache folder (schema 1, readable with plain h5py):
                              /X/data, /X/indices, /X/indptr (CSR) with attr shape
         /state/<key>         arrays an encoder needs to encode new rows alike (TF-IDF vocabulary, idf, ...)
         attrs: schema, name, encoder, fingerprint (JSON), fingerprint_id, dim, format, created, feat_version,
-               ids_sha256 (`ids_digest` of /ids: a reader that already holds the ids need not decode them)
+               ids_sha256 (`ids_digest` of /ids: a reader that already holds the ids need not decode them),
+               checksums (every file: strings fixed-length, and every dataset's block digests: integrity.py)
     features/<name>.parts/   committed batches of an unfinished extraction (same datasets, a subset of rows):
         part-<k>.h5          by a plain extract; part-<k>-s<i>of<n>.h5 by shard i of n (`--shard i/n`)
         shard-s<i>of<n>.h5   shard i's manifest: its ids, content hashes, fingerprint, table digest, fit
     bad_rows.csv             every invalid or zero-filled row of every feature set, with its reason
     .lock                    held exclusively by a plain extract or a merge; shared by running shards
     .lock-s<i>of<n>          held by shard i of n (one process per shard)
+
+Integrity: every read is verified against the checksums written with the data (integrity.py); a damaged
+file raises `DamagedFile` (exit 2), and the next extract repairs it (repair.py).
 
 Crash safety: every file is written under a temporary name, fsynced and renamed into place, so a reader or
 a resumed run sees either the old or the new file, never half of one. An extraction commits batches as part
@@ -50,6 +54,7 @@ import scipy.sparse as sp
 from filelock import FileLock, Timeout
 
 from feat import __version__
+from feat.cache.integrity import DamagedFile, Reader, create, opened, reserve, seal, set_attrs
 from feat.cache.shard import Shard
 from feat.errors import FeatError, InputError, StorageError
 
@@ -146,8 +151,8 @@ class _Source:
 
     def read(self) -> np.ndarray | sp.csr_matrix:
         """The chosen rows' vectors (whole file read: fine for a part or a sparse matrix)."""
-        with h5py.File(self.path, "r") as f:
-            return _read_matrix(f["X"])[self.index]
+        with opened(self.path) as r:
+            return _read_matrix(r, r.node("X"))[self.index]
 
 
 class FeatureCache:
@@ -255,36 +260,40 @@ class FeatureCache:
         """Store the table; returns False (and writes nothing) when the stored table is identical."""
         digest = _frame_digest(frame)
         if self.items_path.exists():
-            with h5py.File(self.items_path, "r") as f:
-                if f.attrs.get("table_digest") == digest:
-                    return False
+            with contextlib.suppress(DamagedFile):  # a damaged table is rebuilt from the data file
+                with opened(self.items_path) as r:
+                    if r.attrs().get("table_digest") == digest:
+                        r.verify_all()
+                        return False
         with _atomic_h5(self.items_path) as f:
+            set_attrs(f, {"schema": SCHEMA, "table_digest": digest, "created": _now(), "feat_version": __version__,
+                          "column_order": json.dumps(list(frame.columns)),
+                          **{key: value if isinstance(value, (str, int, float)) else json.dumps(value)
+                             for key, value in attrs.items()}})
             _write_str(f, "id", frame["id"])
             _write_str(f, "split", frame["split"])
             group = f.create_group("columns")
             for name in frame.columns:
                 if name not in ("id", "split"):
                     _write_str(group, name, frame[name])
-            f.attrs.update({"schema": SCHEMA, "table_digest": digest, "created": _now(),
-                            "feat_version": __version__, "column_order": json.dumps(list(frame.columns))})
-            for key, value in attrs.items():
-                f.attrs[key] = value if isinstance(value, (str, int, float)) else json.dumps(value)
         return True
 
     def read_items(self) -> pd.DataFrame:
         if not self.items_path.exists():
             raise InputError(f"{self.root} is not a feat cache (no {ITEMS_FILE}); run `feat extract` first")
-        with h5py.File(self.items_path, "r") as f:
-            order = json.loads(f.attrs["column_order"])
-            data = {"id": _read_str(f["id"]), "split": _read_str(f["split"])}
+        with opened(self.items_path) as r:
+            order = json.loads(r.attrs()["column_order"])
+            data = {"id": r.strings("id"), "split": r.strings("split")}
             for name in order:
                 if name not in data:
-                    data[name] = _read_str(f["columns"][name])
+                    data[name] = r.strings(f"columns/{name}")
+            if len({len(column) for column in data.values()}) > 1:
+                raise r.damaged("its columns have different lengths")
         return pd.DataFrame(data)[order]
 
     def items_attrs(self) -> dict:
-        with h5py.File(self.items_path, "r") as f:
-            return dict(f.attrs)
+        with opened(self.items_path) as r:
+            return r.attrs()
 
     # ----- complete feature sets ---------------------------------------------------------------------
     def feature_path(self, name: str) -> Path:
@@ -307,8 +316,8 @@ class FeatureCache:
         """The stored fingerprint of a feature set (complete file first, else any committed part)."""
         for path in [self.feature_path(name), *self._part_files(name)]:
             if path.exists():
-                with h5py.File(path, "r") as f:
-                    return json.loads(f.attrs["fingerprint"])
+                with opened(path) as r:
+                    return json.loads(r.attrs()["fingerprint"])
         return None
 
     def _existing_feature_path(self, name: str) -> Path:
@@ -319,11 +328,12 @@ class FeatureCache:
         return path
 
     def read(self, name: str, rows: bool = True) -> FeatureSet:
-        with h5py.File(self._existing_feature_path(name), "r") as f:
-            attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
-            state = {k: _read_any(v) for k, v in f["state"].items()} if "state" in f else {}
-            block = _read_rows(f) if rows else None
-        return FeatureSet(name, block, json.loads(attrs["fingerprint"]), attrs, state)
+        with opened(self._existing_feature_path(name)) as r:
+            attrs = r.attrs()
+            state = {k: r.any(v) for k, v in r.f["state"].items()} if "state" in r.f else {}
+            block = _read_rows(r) if rows else None
+            fingerprint = json.loads(attrs["fingerprint"])
+        return FeatureSet(name, block, fingerprint, attrs, state)
 
     def read_matrix(self, name: str, expected_ids: np.ndarray | None = None) -> FeatureSet:
         """What training needs (ids, matrix, valid flags, fingerprint) in one open, without the per-row hash
@@ -331,27 +341,29 @@ class FeatureCache:
         matrix. When the file's id digest equals that of `expected_ids` (the items' ids, which training holds
         anyway), those are returned instead of decoding the same strings again; otherwise the stored ids are."""
         path = self._existing_feature_path(name)
-        with h5py.File(path, "r") as f:
-            fingerprint = json.loads(f.attrs["fingerprint"])
-            same = expected_ids is not None and f.attrs.get("ids_sha256") == ids_digest(expected_ids)
-            ids = np.asarray(expected_ids, dtype=object) if same else _read_str(f["ids"])
-            valid, matrix = f["valid"][()].astype(bool), _read_matrix(f["X"])
+        with opened(path) as r:
+            fingerprint = json.loads(r.attr("fingerprint"))
+            same = expected_ids is not None and r.attr("ids_sha256") == ids_digest(expected_ids)
+            ids = np.asarray(expected_ids, dtype=object) if same else r.strings("ids")
+            valid, matrix = r.array("valid").astype(bool), _read_matrix(r, r.node("X"))
+            if len(valid) != len(ids) or matrix.shape[0] != len(ids):
+                raise r.damaged("its ids, flags and vectors differ in length")
         blank = np.full(len(ids), "", dtype=object)
         return FeatureSet(name, FeatureRows(ids, blank, valid, blank, matrix), fingerprint,
                           {"fingerprint": json.dumps(fingerprint, sort_keys=True)})
 
     def read_flags(self, name: str) -> FeatureRows:
         """The stored rows of a complete feature set without the matrix (cheap on a large cache)."""
-        with h5py.File(self.feature_path(name), "r") as f:
-            return _read_rows(f, matrix=False)
+        with opened(self.feature_path(name)) as r:
+            return _read_rows(r, matrix=False)
 
     def is_complete(self, name: str, ids: list[str]) -> bool:
         """True when features/<name>.h5 holds exactly `ids` in this order and no parts wait to be merged."""
         path = self.feature_path(name)
         if not path.exists() or self._part_files(name):
             return False
-        with h5py.File(path, "r") as f:
-            stored = _read_str(f["ids"])
+        with opened(path) as r:
+            stored = r.strings("ids")
         return len(stored) == len(ids) and bool(np.all(stored == np.asarray(ids, dtype=object)))
 
     def delete(self, name: str) -> None:
@@ -381,8 +393,8 @@ class FeatureCache:
         index = _part_number(existing[-1]) + 1 if existing else 0
         path = folder / (f"part-{index:06d}-{self.shard.tag}.h5" if self.shard else f"part-{index:06d}.h5")
         with _atomic_h5(path) as f:
+            set_attrs(f, {"fingerprint": json.dumps(fingerprint, sort_keys=True)})  # first: see `reserve`
             _write_rows(f, rows)
-            f.attrs["fingerprint"] = json.dumps(fingerprint, sort_keys=True)
         return path
 
     def committed(self, name: str, fingerprint: dict, matrix: bool = True,
@@ -411,11 +423,11 @@ class FeatureCache:
         sources = []
         for path in [self.feature_path(name), *self._part_files(name)]:
             if path.exists():
-                with h5py.File(path, "r") as f:
-                    if json.loads(f.attrs["fingerprint"]) == fingerprint:
-                        node = f["X"]
+                with opened(path) as r:
+                    if json.loads(r.attrs()["fingerprint"]) == fingerprint:
+                        node = r.node("X")
                         sparse = isinstance(node, h5py.Group)
-                        sources.append(_Source(path, _read_rows(f, matrix=False), sparse,
+                        sources.append(_Source(path, _read_rows(r, matrix=False), sparse,
                                                node["data"].dtype if sparse else node.dtype))
         if not sources:
             return None
@@ -446,6 +458,9 @@ class FeatureCache:
             raise FeatError(f"nothing committed for feature set '{name}'")
         live = _live(sources)
         _require_one_width(name, live)
+        for source in live:  # the copy below reads raw rows: every file it copies from is verified first
+            with opened(source.path) as r:
+                r.verify_all()
         found = FeatureRows.concat([source.meta.take(source.index) for source in live])
         position = {item: i for i, item in enumerate(found.ids)}
         missing = [item for item in ids if item not in position]
@@ -466,15 +481,16 @@ class FeatureCache:
                  "n_valid": int(aligned.valid.sum()), "created": _now(), "feat_version": __version__,
                  "ids_sha256": ids_digest(aligned.ids)}
         with _atomic_h5(self.feature_path(name)) as f:
+            set_attrs(f, attrs)  # first, near the start of the file, as every dataset's digests (`reserve`)
             _write_rows(f, aligned)
             if not sparse:
-                out = f.create_dataset("X", shape=(len(aligned), aligned.dim), dtype=dtype, track_times=False)
+                out = reserve(f.create_dataset("X", shape=(len(aligned), aligned.dim), dtype=dtype,
+                                               track_times=False))
                 _copy_rows(live, target, out)
             if state:
                 group = f.create_group("state")
                 for key, value in state.items():
                     _write_any(group, key, value)
-            f.attrs.update(attrs)
         # Manifests last: a merge killed before they go finds every row in the complete file and redoes it.
         for part in [*self._part_files(name), *self._manifest_files(name)]:
             part.unlink()
@@ -499,7 +515,7 @@ class FeatureCache:
         they describe work nobody will merge. Their committed parts stay, reusable by content."""
         if manifest.shard != self.shard:
             raise FeatError(f"a manifest of shard {manifest.shard.label} written as shard {self.shard}")
-        for old in self.shard_manifests(name):
+        for old in self.shard_manifests(name, skip_damaged=True):
             if old.job != manifest.job:
                 self._manifest_path(name, old.shard).unlink(missing_ok=True)
         path = self._manifest_path(name, manifest.shard)
@@ -513,20 +529,27 @@ class FeatureCache:
                 group = f.create_group("state")
                 for key, value in manifest.state.items():
                     _write_any(group, key, value)
-            f.attrs.update({"schema": SCHEMA, "shard": manifest.shard.index, "shards": manifest.shard.count,
-                            "fingerprint": json.dumps(manifest.fingerprint, sort_keys=True),
-                            "encoder": manifest.encoder, "table_digest": manifest.table_digest,
-                            "created": _now(), "feat_version": __version__})
+            set_attrs(f, {"schema": SCHEMA, "shard": manifest.shard.index, "shards": manifest.shard.count,
+                          "fingerprint": json.dumps(manifest.fingerprint, sort_keys=True),
+                          "encoder": manifest.encoder, "table_digest": manifest.table_digest,
+                          "created": _now(), "feat_version": __version__})
 
-    def shard_manifests(self, name: str) -> list[ShardManifest]:
+    def shard_manifests(self, name: str, skip_damaged: bool = False) -> list[ShardManifest]:
+        """`skip_damaged`: leave damaged manifests out (a shard rewrites its own; the merge names the others)."""
         manifests = []
         for path in self._manifest_files(name):
-            with h5py.File(path, "r") as f:
-                state = {k: _read_any(v) for k, v in f["state"].items()} if "state" in f else {}
+            if skip_damaged:
+                try:
+                    with opened(path) as r:
+                        r.verify_all()
+                except DamagedFile:
+                    continue
+            with opened(path) as r:
+                state = {k: r.any(v) for k, v in r.f["state"].items()} if "state" in r.f else {}
+                a = r.attrs()
                 manifests.append(ShardManifest(
-                    Shard(int(f.attrs["shard"]), int(f.attrs["shards"])), _read_str(f["ids"]),
-                    _read_str(f["content_hash"]), json.loads(f.attrs["fingerprint"]), str(f.attrs["encoder"]),
-                    str(f.attrs["table_digest"]), state))
+                    Shard(int(a["shard"]), int(a["shards"])), r.strings("ids"), r.strings("content_hash"),
+                    json.loads(a["fingerprint"]), str(a["encoder"]), str(a["table_digest"]), state))
         return manifests
 
     def _manifest_path(self, name: str, shard: Shard) -> Path:
@@ -539,7 +562,10 @@ class FeatureCache:
         frames = []
         failed = failed or {}
         for name in self.feature_names():
-            rows = self.read_flags(name)
+            try:
+                rows = self.read_flags(name)
+            except DamagedFile:  # listed again once an extract with its encoder has repaired it
+                continue
             flagged = rows.reason != ""
             if name in failed:  # the failed run's view of these rows is newer than the stored one
                 flagged &= ~np.isin(rows.ids, [item for item, _ in failed[name]])
@@ -623,9 +649,10 @@ def _atomic_h5(path: Path) -> Iterator[h5py.File]:
     tmp = path.with_name(f".{path.name}.tmp-{_writer_id()}")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        f = _create_h5(tmp)
+        f = create(tmp)
         try:
             yield f
+            seal(f)
             f.flush()  # a full disk fails here, while every object is still open, rather than in a close
         except BaseException:
             _abandon(f, tmp)
@@ -641,23 +668,6 @@ def _atomic_h5(path: Path) -> Iterator[h5py.File]:
         if error is None:
             raise
         raise error from exc
-
-
-def _create_h5(path: Path) -> h5py.File:
-    """A new file whose every close is safe on a full disk. HDF5 2.0 frees a dataset whose close fails to
-    flush (ENOSPC) yet leaves its id registered: h5py's File.close then closes it again and segfaults
-    (`feat extract` on a 1.6 MB tmpfs died with exit 139). A dataset close flushes only the sieve buffer,
-    HDF5's write-behind cache of small raw writes; without it each write reaches the disk in the call that
-    makes it, where ENOSPC is an exception like any other."""
-    fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
-    fapl.set_libver_bounds(h5py.h5f.LIBVER_EARLIEST, h5py.h5f.LIBVER_LATEST)  # h5py's default
-    fapl.set_sieve_buf_size(0)
-    fcpl = h5py.h5p.create(h5py.h5p.FILE_CREATE)
-    order = h5py.h5p.CRT_ORDER_TRACKED | h5py.h5p.CRT_ORDER_INDEXED  # h5py.File(track_order=True)
-    fcpl.set_link_creation_order(order)
-    fcpl.set_attr_creation_order(order)
-    fcpl.set_obj_track_times(False)
-    return h5py.File(h5py.h5f.create(os.fsencode(path), h5py.h5f.ACC_TRUNC, fapl=fapl, fcpl=fcpl))
 
 
 def _abandon(f: h5py.File, tmp: Path) -> None:
@@ -684,11 +694,7 @@ def _fsync_dir(folder: Path) -> None:
 
 
 def _write_str(group: h5py.Group, key: str, values) -> None:
-    group.create_dataset(key, data=np.asarray(list(values), dtype=object), dtype=STR, track_times=False)
-
-
-def _read_str(dataset: h5py.Dataset) -> np.ndarray:
-    return dataset.asstr()[:].astype(object) if len(dataset) else np.array([], dtype=object)
+    reserve(group.create_dataset(key, data=np.asarray(list(values), dtype=object), dtype=STR, track_times=False))
 
 
 def _write_any(group: h5py.Group, key: str, value: np.ndarray) -> None:
@@ -696,17 +702,13 @@ def _write_any(group: h5py.Group, key: str, value: np.ndarray) -> None:
     if value.dtype.kind in "OU":
         _write_str(group, key, value)
     else:
-        group.create_dataset(key, data=value, track_times=False)
-
-
-def _read_any(dataset: h5py.Dataset) -> np.ndarray:
-    return _read_str(dataset) if h5py.check_string_dtype(dataset.dtype) else dataset[()]
+        reserve(group.create_dataset(key, data=value, track_times=False))
 
 
 def _write_rows(f: h5py.File, rows: FeatureRows) -> None:
     _write_str(f, "ids", rows.ids)
     _write_str(f, "content_hash", rows.content_hash)
-    f.create_dataset("valid", data=np.asarray(rows.valid, dtype=bool), track_times=False)
+    reserve(f.create_dataset("valid", data=np.asarray(rows.valid, dtype=bool), track_times=False))
     _write_str(f, "reason", rows.reason)
     if rows.matrix is None:
         return  # the caller writes X (finalize copies a dense matrix block by block)
@@ -715,10 +717,10 @@ def _write_rows(f: h5py.File, rows: FeatureRows) -> None:
         group = f.create_group("X")
         group.attrs["shape"] = csr.shape
         for key in ("data", "indices", "indptr"):
-            group.create_dataset(key, data=getattr(csr, key), track_times=False)
+            reserve(group.create_dataset(key, data=getattr(csr, key), track_times=False))
     else:
         # Contiguous, not chunked: training reads the whole matrix, which is then one plain read.
-        f.create_dataset("X", data=np.ascontiguousarray(rows.matrix), track_times=False)
+        reserve(f.create_dataset("X", data=np.ascontiguousarray(rows.matrix), track_times=False))
 
 
 COPY_BLOCK_BYTES = 32 * 2**20  # vectors a merge holds at once, per source file
@@ -745,8 +747,8 @@ def _copy_rows(sources: list[_Source], target: np.ndarray, out: h5py.Dataset) ->
         done += len(index)
         if not len(index):  # the first source of an empty selection
             continue
-        with h5py.File(source.path, "r") as f:
-            x = f["X"]
+        with opened(source.path) as r:
+            x = r.node("X")
             step = max(1, COPY_BLOCK_BYTES // max(1, x.shape[1] * x.dtype.itemsize))
             for start in range(0, len(index), step):
                 rows, dest = index[start:start + step], goes_to[start:start + step]
@@ -762,24 +764,30 @@ def _copy_rows(sources: list[_Source], target: np.ndarray, out: h5py.Dataset) ->
                     out[dest] = block
 
 
-def _read_rows(f: h5py.File, matrix: bool = True) -> FeatureRows:
-    node = f["X"]
+def _read_rows(r: Reader, matrix: bool = True) -> FeatureRows:
+    node = r.node("X")
     sparse = isinstance(node, h5py.Group)
     width = int(node.attrs["shape"][1] if sparse else node.shape[1])
-    values = _read_matrix(node) if matrix else None
-    return FeatureRows(_read_str(f["ids"]), _read_str(f["content_hash"]), f["valid"][()].astype(bool),
-                       _read_str(f["reason"]), values, None if matrix else width)
+    values = _read_matrix(r, node) if matrix else None
+    rows = FeatureRows(r.strings("ids"), r.strings("content_hash"), r.array("valid").astype(bool),
+                       r.strings("reason"), values, None if matrix else width)
+    n = sp.csr_matrix(values).shape[0] if sparse and matrix else (node.attrs["shape"][0] if sparse else node.shape[0])
+    if {len(rows.content_hash), len(rows.valid), len(rows.reason), int(n)} != {len(rows.ids)}:
+        raise r.damaged("its ids, hashes, flags and vectors differ in length")
+    return rows
 
 
-def _read_matrix(node: h5py.Dataset | h5py.Group) -> np.ndarray | sp.csr_matrix:
+def _read_matrix(r: Reader, node: h5py.Dataset | h5py.Group) -> np.ndarray | sp.csr_matrix:
     if isinstance(node, h5py.Group):
-        return sp.csr_matrix((node["data"][:], node["indices"][:], node["indptr"][:]),
-                             shape=tuple(node.attrs["shape"]))
-    if node.ndim != 2 or 0 in node.shape:
-        return node[()]
-    matrix = np.empty(node.shape, dtype=node.dtype)
-    node.read_direct(matrix)  # one plain read into the result: about 20% faster than node[()] on 7 MB
-    return matrix
+        parts = [r.array(node[key]) if key in node else None for key in ("data", "indices", "indptr")]
+        if any(part is None for part in parts):
+            raise r.damaged("its sparse matrix is incomplete")
+        try:
+            return sp.csr_matrix(tuple(parts), shape=tuple(int(v) for v in node.attrs["shape"]))
+        except (ValueError, TypeError, IndexError) as exc:
+            raise r.damaged(f"its sparse matrix is malformed ({exc})") from None
+    # One plain read into the result (about 20% faster than node[()] on 7 MB), hashed block by block
+    return r.matrix(node)
 
 
 def ids_digest(ids) -> str:

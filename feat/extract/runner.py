@@ -22,10 +22,11 @@ import numpy as np
 from rich.markup import escape
 
 from feat.cache import FeatureCache, FeatureRows
+from feat.cache.repair import Repair, repair
 from feat.cache.shard import Shard
 from feat.cache.store import ShardManifest, table_digest
 from feat.console import console, progress_bar
-from feat.data import Columns, Table, load_table
+from feat.data import OUTSIDE_ROOT, Columns, Table, load_table
 from feat.errors import FeatError, InputError
 from feat.extract.base import (Encoder, EncoderOptions, FittedEncoder, ImageEncoder, JointEncoder, Runtime,
                                TextEncoder, feature_name)
@@ -115,6 +116,7 @@ class _Plan:
     hashes: list[str]  # content hash per row this run covers
     train_texts: list[str]  # what a fitted encoder fits on: the whole table's train split, also in a shard
     stale: str = ""  # the fingerprint difference when --force re-encodes a stale feature set
+    repaired: Repair | None = None  # damaged files set aside before planning, and the rows they lost
 
 
 @dataclass
@@ -267,6 +269,22 @@ def _check_table(table: Table, encoders: list[Encoder]) -> None:
         if "image" in encoder.modality and not table.has_image:
             raise InputError(f"encoder '{encoder.name}' needs an image column '{table.columns.image}' "
                              "(use --image-col)")
+    if any("image" in encoder.modality for encoder in encoders):
+        _refuse_paths_outside_root(table)
+
+
+def _refuse_paths_outside_root(table: Table) -> None:
+    """A path outside the image root is a setup mistake (a wrong --image-root, a table from another machine),
+    not a bad image: it rarely comes alone, and marking each such row invalid would let a run of hours end
+    with those rows silently missing from training. Refused before anything is written, naming the rows."""
+    frame = table.frame
+    outside = frame[frame["image_error"].str.startswith(OUTSIDE_ROOT)]
+    if outside.empty:
+        return
+    examples = "; ".join(f"{item}: {value}" for item, value in zip(outside["id"][:3], outside["image"][:3]))
+    raise InputError(f"{len(outside)} of {len(frame)} image path(s) resolve outside the image root "
+                     f"{table.image_root} ({examples}{'; ...' if len(outside) > 3 else ''}); nothing was written: "
+                     "pass --image-root FOLDER holding the images, or --allow-outside-root to accept them")
 
 
 def _text_notes(table: Table, encoders: list[Encoder]) -> list[str]:
@@ -294,6 +312,7 @@ def _plan(run: _Run, name: str, encoder: Encoder, digests: list[str] | None) -> 
     if fitted and not encoder.frozen:
         encoder.fit_key(train_texts)
     fingerprint = _fingerprint(encoder, run.runtime, run.config)
+    repaired = repair(run.cache, name)  # before anything of the set is read: damage is never read as rows
     stored = run.cache.fingerprint(name)
     stale = ""
     if stored is not None and stored != fingerprint:
@@ -303,7 +322,7 @@ def _plan(run: _Run, name: str, encoder: Encoder, digests: list[str] | None) -> 
                              f"({stale}); re-encode it with --force, or store the new features under another "
                              "--name")
     hashes = [encoder.row_hash(t, d) for t, d in zip(_texts(run.work), digests or [None] * len(run.work))]
-    return _Plan(encoder, name, fingerprint, hashes, train_texts, stale)
+    return _Plan(encoder, name, fingerprint, hashes, train_texts, stale, repaired or None)
 
 
 def _texts(table: Table) -> list[str | None]:
@@ -325,6 +344,9 @@ def _extract_one(run: _Run, plan: _Plan) -> EncoderReport:
             cache.delete(name)
     committed = cache.committed(name, plan.fingerprint, matrix=False)
     todo = _rows_to_encode(committed, work.ids, plan.hashes, run.config.on_bad_image)
+    if plan.repaired:
+        todo = _with_whole_batches(run, plan, todo)
+        report.notes += plan.repaired.notes()
     if todo and run.config.reuse_from and not cache.shard:
         todo = _copy_from_other_caches(run, plan, todo)
     report.reused = len(work) - len(todo)
@@ -348,6 +370,23 @@ def _extract_one(run: _Run, plan: _Plan) -> EncoderReport:
     return report
 
 
+def _with_whole_batches(run: _Run, plan: _Plan, todo: list[int]) -> list[int]:
+    """`todo` plus every row in a batch of an uninterrupted run over the table that holds a row a repair
+    lost. A vector can depend on the other members of its batch (padding, kernel choice by batch size); the
+    lost rows re-encoded in their original batches give the vectors an uninterrupted run gives."""
+    lost = [i for i, item in enumerate(run.work.ids) if item in plan.repaired.lost]
+    encoder = plan.encoder
+    if not lost or isinstance(encoder, FittedEncoder):  # a fit transforms each row on its own
+        return todo
+    everything = list(range(len(run.work)))
+    if isinstance(encoder, TextEncoder):
+        _ensure_loaded(encoder, run.runtime)
+        batches = text_batches(EncodeJob.of(run, plan, everything, EncoderReport(plan.name), None))
+    else:
+        size = run.config.batch_size
+        batches = [everything[start:start + size] for start in range(0, len(everything), size)]
+    marked = set(lost)
+    return sorted(set(todo).union(*(batch for batch in batches if marked.intersection(batch))))
 def _copy_from_other_caches(run: _Run, plan: _Plan, todo: list[int]) -> list[int]:
     """Commit the `todo` rows that another cache holds cleanly encoded under the same fingerprint, id and
     content hash (the vector would be the same); returns the rows left to encode."""

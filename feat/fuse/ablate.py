@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from feat.errors import InputError
 from feat.fuse import artifacts as art
 from feat.fuse.config import to_dict
 from feat.fuse.data import FusionData, describe_report
@@ -63,7 +64,10 @@ def _finished(run: FuseSpec, data: FusionData) -> dict | None:
     """metrics.json of an earlier identical run, else None."""
     if not (run.out / art.METRICS).exists() or not (run.out / art.CONFIG).exists():
         return None
-    config = art.read_json(run.out / art.CONFIG)
+    try:
+        config, metrics = art.read_json(run.out / art.CONFIG), art.read_json(run.out / art.METRICS)
+    except InputError:  # a damaged run folder: the run is redone
+        return None
     view = data.with_partition(run.cv, run.partition)
     same = (config.get("features") == run.features and config.get("label") == run.label
             and config.get("head") == to_dict(run.head) and config.get("train") == to_dict(run.train)
@@ -71,7 +75,7 @@ def _finished(run: FuseSpec, data: FusionData) -> dict | None:
             and config.get("cv") == to_dict(run.cv) and config.get("partition") == run.partition
             and {f: v["id"] for f, v in config.get("fingerprints", {}).items()}
             == {f: data.fingerprints[f]["id"] for f in run.features})
-    return art.read_json(run.out / art.METRICS) if same else None
+    return metrics if same else None
 
 
 _WORKER_DATA: FusionData | None = None

@@ -1,4 +1,8 @@
-"""Files of a run folder. metrics.json is written last and atomically: its presence marks a complete run."""
+"""Files of a run folder. metrics.json is written last and atomically: its presence marks a complete run.
+
+Weights carry a digest of their tensors in their metadata (`xxh3`), and a run's model.safetensors also the
+digest of the config.json written just before it beside it (`config_xxh3`): a truncated or edited weights
+file, or a config.json edited or taken from another run, is refused on loading with one line (exit 2)."""
 
 from __future__ import annotations
 
@@ -11,7 +15,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from feat.errors import InputError
+
 CONFIG, MODEL, METRICS, HISTORY = "config.json", "model.safetensors", "metrics.json", "history.csv"
+CHECKS = "feat"  # the weights' metadata key: JSON of the caller's metadata and the digests
 CURVE = "learning_curve.png"
 BEST, RESULTS = "best", "results.csv"  # in an ablation folder: its winning run, and one row per run
 
@@ -73,7 +80,15 @@ def write_json(path: Path, obj) -> None:
 
 
 def read_json(path: Path):
-    return json.loads(Path(path).read_text())
+    try:
+        return json.loads(Path(path).read_text())
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise InputError(f"{path} is damaged (not valid JSON: {exc}); {_rerun_hint(Path(path))}") from None
+
+
+def _rerun_hint(path: Path) -> str:
+    return (f"re-run the command that wrote {path.parent} (`feat fuse`, `feat finetune`, `feat ablate` resumes), "
+            f"or restore it from a copy; `feat verify CACHE --runs {path.parent}` checks a run folder")
 
 
 def jsonable(obj):
@@ -92,13 +107,59 @@ def jsonable(obj):
 def save_model(path: Path, tensors: dict, metadata: dict[str, str]) -> None:
     from safetensors.torch import save_file
 
-    atomic_write(path, lambda p: save_file({k: v.contiguous() for k, v in tensors.items()}, str(p), metadata))
+    tensors = {k: v.contiguous() for k, v in tensors.items()}
+    checks = {**metadata, "xxh3": tensors_digest(tensors)}
+    config = path.with_name(CONFIG)
+    if path.name == MODEL and config.exists():
+        checks["config_xxh3"] = _file_digest(config)
+    # One metadata key: safetensors writes several in a random order, and same-seed runs must be byte-identical
+    atomic_write(path, lambda p: save_file(tensors, str(p), {CHECKS: json.dumps(checks, sort_keys=True)}))
 
 
 def load_model(path: Path) -> dict:
-    from safetensors.torch import load_file
+    """The tensors of a weights file, verified against their digest (and a run's config.json against its)."""
+    from safetensors import safe_open
 
-    return load_file(str(path))
+    path = Path(path)
+    try:
+        with safe_open(str(path), "pt") as handle:
+            metadata = handle.metadata() or {}
+            tensors = {key: handle.get_tensor(key) for key in handle.keys()}
+    except FileNotFoundError:
+        raise InputError(f"{path} is missing; {_rerun_hint(path)}") from None
+    except Exception as exc:  # safetensors raises its own SafetensorError, or OSError/ValueError, on a bad file
+        raise InputError(f"{path} is damaged ({' '.join(str(exc).split())[:160]}); {_rerun_hint(path)}") from None
+    try:
+        metadata = json.loads(metadata.get(CHECKS, "{}"))
+    except ValueError:
+        raise InputError(f"{path} is damaged (its metadata is not valid JSON); {_rerun_hint(path)}") from None
+    if "xxh3" in metadata and metadata["xxh3"] != tensors_digest(tensors):
+        raise InputError(f"{path} is damaged (its tensors do not match their checksum); {_rerun_hint(path)}")
+    config = path.with_name(CONFIG)
+    if "config_xxh3" in metadata and config.exists() and metadata["config_xxh3"] != _file_digest(config):
+        raise InputError(f"{config} does not match the weights in {path} (edited, damaged or from another run); "
+                         f"{_rerun_hint(path)}")
+    return tensors
+
+
+def tensors_digest(tensors: dict) -> str:
+    """xxh3-128 of names, dtypes, shapes and bytes, in name order."""
+    import torch
+    import xxhash
+
+    digest = xxhash.xxh3_128()
+    for key in sorted(tensors):
+        tensor = tensors[key].detach().cpu().contiguous()
+        digest.update(f"{key}\x1f{tensor.dtype}\x1f{tuple(tensor.shape)}\x1e".encode())
+        if tensor.numel():
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()
+
+
+def _file_digest(path: Path) -> str:
+    import xxhash
+
+    return xxhash.xxh3_128_hexdigest(path.read_bytes())
 
 
 def write_csv(path: Path, frame: pd.DataFrame) -> None:
