@@ -20,6 +20,7 @@ Files without the `checksums` mark predate checksums: they are read as before (u
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 from pathlib import Path
 from typing import Iterator
@@ -27,7 +28,7 @@ from typing import Iterator
 import h5py
 import numpy as np
 
-from feat.errors import InputError
+from feat.errors import InputError, os_errno
 
 MARK, SCHEME = "checksums", "xxh3-128/1"  # root attribute of a checksummed file
 DIGESTS = "xxh3"  # dataset attribute: the digests of its blocks, in order (16 bytes each)
@@ -89,7 +90,12 @@ def opened(path: Path) -> Iterator["Reader"]:
             raise DamagedFile(path, "cannot be opened") from None
         raise
     except READ_ERRORS as exc:
+        if os_errno(exc) in WRITE_REFUSALS:  # a write in the caller's block hit a full or read-only disk:
+            raise  # no read of this file fails so, and the writer turns it into a StorageError
         raise DamagedFile(path, describe(exc)) from None
+
+
+WRITE_REFUSALS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS})
 
 
 class Reader:
