@@ -62,7 +62,7 @@ def summary_table(evaluation: Evaluation) -> pd.DataFrame:
     text, image = best_of(configs, TEXT_ONLY), best_of(configs, IMAGE_ONLY)
     rows = []
     for rank, c in enumerate(configs, 1):
-        lo, hi = np.nanpercentile(c.resampled, [2.5, 97.5])
+        lo, hi = stats.percentile_interval(c.resampled)
         row = {"rank": rank, "features": c.features, "strategy": c.strategy, "group": c.group,
                "n_inputs": c.n_inputs, "runs": len(c.runs), "trial": c.trial,
                f"val_{metric}_mean": c.selection, f"val_{metric}_std": c.selection_std, "val_loss_mean": c.val_loss,

@@ -118,7 +118,11 @@ def observed(metric: str, y: np.ndarray, prob: np.ndarray, threshold: float | No
 def bootstrap_ci(metric: str, y: np.ndarray, prob: np.ndarray, b: int = 2000, seed: int = 0, level: float = 0.95,
                  threshold: float | None = None) -> tuple[float, float]:
     """Percentile CI of the seed-averaged metric over bootstrap resamples of the items."""
-    values = score_resamples(metric, y, prob, resamples(len(y), b, seed), threshold)
+    return percentile_interval(score_resamples(metric, y, prob, resamples(len(y), b, seed), threshold), level)
+
+
+def percentile_interval(values: np.ndarray, level: float = 0.95) -> tuple[float, float]:
+    """The central `level` interval of resampled values (NaN resamples ignored)."""
     tail = (1 - level) / 2 * 100
     return float(np.nanpercentile(values, tail)), float(np.nanpercentile(values, 100 - tail))
 
